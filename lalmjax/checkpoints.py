@@ -1,0 +1,244 @@
+"""Hugging Face safetensors checkpoints <-> Flax parameter pytrees.
+
+A checkpoint folder holds ``config.json`` and either ``model.safetensors`` or a sharded
+``model.safetensors.index.json`` with its shard files. Tensors are read one at a time
+through a memory map of the safetensors file (the format is an 8-byte header length, a
+JSON header, then raw little-endian buffers), so the whole state dict is never held in
+host RAM and no torch is needed at run time. bfloat16 is read through ``ml_dtypes``.
+
+Conversion is declarative: the Flax module names its parameters after the Hugging Face
+ones (``q_proj``, ``fc1``, ``layer_norm``), so an HF name follows from a Flax path by a
+generic rule (``layers_3`` -> ``layers.3``; ``kernel`` -> ``weight`` transposed;
+``scale`` -> ``weight``; ``embedding`` -> ``weight``), and each model lists only its
+exceptions. The expected tree (names, shapes) comes from ``jax.eval_shape`` of the
+module's init, so a checkpoint that does not fit the config fails with the tensor's
+name, its shape and the expected one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import traverse_util
+
+log = logging.getLogger(__name__)
+
+_ST_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
+    "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+class CheckpointError(ValueError):
+  """A checkpoint folder or tensor that does not fit what the config expects."""
+
+
+class SafetensorsReader:
+  """Lazy, tensor-at-a-time access to a single or sharded safetensors checkpoint.
+
+  Args:
+    path: a folder holding ``model.safetensors`` or ``model.safetensors.index.json``,
+      or the path of one ``.safetensors`` file.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self._entries: dict[str, tuple[str, dict, int]] = {}  # name -> (file, meta, data start)
+    if os.path.isdir(path):
+      index = os.path.join(path, "model.safetensors.index.json")
+      single = os.path.join(path, "model.safetensors")
+      if os.path.exists(index):
+        try:
+          with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+          raise CheckpointError(f"{index}: not a safetensors index with a 'weight_map' ({e})")
+        for shard in sorted(set(weight_map.values())):
+          self._add_file(os.path.join(path, shard))
+        missing = sorted(n for n in weight_map if n not in self._entries)
+        if missing:
+          raise CheckpointError(f"{index}: tensors listed but not found in their shards: "
+                                f"{missing[:5]}")
+      elif os.path.exists(single):
+        self._add_file(single)
+      else:
+        raise CheckpointError(
+            f"{path}: no model.safetensors or model.safetensors.index.json in this folder")
+    elif os.path.isfile(path):
+      self._add_file(path)
+    else:
+      raise CheckpointError(f"{path}: checkpoint path does not exist")
+
+  def _add_file(self, filename: str):
+    if not os.path.exists(filename):
+      raise CheckpointError(f"{filename}: shard file missing")
+    size = os.path.getsize(filename)
+    with open(filename, "rb") as f:
+      head = f.read(8)
+      if len(head) != 8:
+        raise CheckpointError(f"{filename}: empty or truncated safetensors file")
+      n = int.from_bytes(head, "little")
+      if n <= 0 or 8 + n > size:
+        raise CheckpointError(f"{filename}: corrupt safetensors header (length {n})")
+      try:
+        header = json.loads(f.read(n))
+      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{filename}: corrupt safetensors header ({e})")
+    for name, meta in header.items():
+      if name == "__metadata__":
+        continue
+      if meta.get("dtype") not in _ST_DTYPES:
+        raise CheckpointError(f"{filename}: tensor {name!r} has unsupported dtype "
+                              f"{meta.get('dtype')!r}")
+      self._entries[name] = (filename, meta, 8 + n)
+
+  def keys(self) -> list[str]:
+    return sorted(self._entries)
+
+  def __contains__(self, name: str) -> bool:
+    return name in self._entries
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self._entries[name][1]["shape"])
+
+  def get(self, name: str) -> np.ndarray:
+    """Reads one tensor (a memory-mapped view; copy it before the file goes away)."""
+    if name not in self._entries:
+      raise CheckpointError(f"{self.path}: no tensor named {name!r}")
+    filename, meta, start = self._entries[name]
+    begin, end = meta["data_offsets"]
+    dtype = np.dtype(_ST_DTYPES[meta["dtype"]])
+    shape = tuple(meta["shape"])
+    count = int(np.prod(shape, dtype=np.int64))
+    if end - begin != count * dtype.itemsize:
+      raise CheckpointError(f"{filename}: tensor {name!r} has {end - begin} bytes, "
+                            f"expected {count * dtype.itemsize} for {meta['dtype']}{list(shape)}")
+    if count == 0:
+      return np.zeros(shape, dtype)
+    return np.memmap(filename, dtype=dtype, mode="r", offset=start + begin, shape=shape)
+
+
+def read_config(path: str) -> dict:
+  """Reads ``config.json`` of a local Hugging Face folder, with a clear error."""
+  filename = os.path.join(path, "config.json")
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{path}: checkpoint folder does not exist")
+  if not os.path.exists(filename):
+    raise CheckpointError(f"{filename}: missing (a Hugging Face folder needs config.json)")
+  try:
+    with open(filename) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{filename}: not valid JSON ({e})")
+
+
+# ---------------------------------------------------------------------------------------
+# Flax path <-> HF name.
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def _transpose(x: np.ndarray) -> np.ndarray:
+  return np.transpose(x)
+
+
+def conv1d_from_torch(x: np.ndarray) -> np.ndarray:
+  """torch Conv1d weight [out, in, k] -> flax Conv kernel [k, in, out]."""
+  return np.transpose(x, (2, 1, 0))
+
+
+def default_hf_name(path: tuple[str, ...]) -> tuple[str, Transform | None]:
+  """The generic Flax-path -> HF-name rule, and the transform to apply to the HF tensor.
+
+  ``("layers_3", "self_attn", "q_proj", "kernel")`` -> ``"layers.3.self_attn.q_proj.weight"``
+  with a transpose ([out, in] in torch, [in, out] in Flax).
+  """
+  parts = [re.sub(r"^(\w+?)_(\d+)$", r"\1.\2", p) for p in path[:-1]]
+  leaf = path[-1]
+  if leaf == "kernel":
+    return ".".join(parts + ["weight"]), _transpose
+  if leaf in ("scale", "embedding", "weight"):
+    return ".".join(parts + ["weight"]), None
+  return ".".join(parts + [leaf]), None
+
+
+def load_params(
+    reader: SafetensorsReader,
+    expected: Mapping,
+    hf_name: Callable[[tuple[str, ...]], tuple[str, Transform | None]],
+    dtype=jnp.float32,
+    shardings=None,
+    what: str = "checkpoint",
+) -> dict:
+  """Fills the tree of ``expected`` shapes with tensors from ``reader``.
+
+  Args:
+    reader: the checkpoint.
+    expected: a pytree of ``jax.ShapeDtypeStruct`` (from ``jax.eval_shape`` of init; boxed
+      logical-partitioning metadata is unboxed here).
+    hf_name: maps a Flax path to (HF tensor name, transform or None).
+    dtype: target dtype of every loaded array.
+    shardings: optional pytree (same structure) of ``jax.sharding.Sharding``; each tensor is
+      placed straight into its sharding.
+    what: a label for error messages.
+
+  Returns:
+    The parameter tree (nested dicts of ``jax.Array``).
+
+  Raises:
+    CheckpointError naming each missing tensor, or the first tensor whose shape does not
+    fit the config.
+  """
+  import flax.linen as nn  # local import keeps the reader usable without flax
+
+  flat = traverse_util.flatten_dict(nn.unbox(expected))
+  flat_shardings = (traverse_util.flatten_dict(nn.unbox(shardings))
+                    if shardings is not None else {})
+  names = {path: hf_name(path) for path in flat}
+  missing = [n for n, _ in names.values() if n not in reader]
+  if missing:
+    raise CheckpointError(
+        f"{reader.path}: {what} is missing {len(missing)} tensor(s) the config needs, "
+        f"e.g. {missing[:8]}")
+  out = {}
+  for path, spec in flat.items():
+    name, transform = names[path]
+    array = reader.get(name)
+    if transform is not None:
+      array = transform(array)
+    if tuple(array.shape) != tuple(spec.shape):
+      raise CheckpointError(
+          f"{reader.path}: tensor {name!r} has shape {tuple(reader.shape(name))} "
+          f"(-> {tuple(array.shape)} for param {'/'.join(path)}), but the config expects "
+          f"{tuple(spec.shape)}")
+    array = np.asarray(array).astype(dtype)
+    sharding = flat_shardings.get(path)
+    out[path] = jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array)
+  return traverse_util.unflatten_dict(out)
+
+
+def unused_tensors(reader: SafetensorsReader, used: Iterable[str], prefix: str) -> list[str]:
+  """Tensors under ``prefix`` that the conversion did not use (reported, not fatal)."""
+  used = set(used)
+  return [k for k in reader.keys() if k.startswith(prefix) and k not in used]
+
+
+# ---------------------------------------------------------------------------------------
+# Whisper encoder.
+
+# (load_whisper_encoder goes here)
+
+
+# ---------------------------------------------------------------------------------------
+# Qwen2.
+
+# (load_qwen2 goes here)
