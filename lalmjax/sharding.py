@@ -8,7 +8,7 @@ the config, never model code.
 
 Logical names used by the models:
 
-  weights      embed, heads, kv_heads, head_dim, mlp, vocab, mel, conv_kernel,
+  weights      embed, heads, kv_heads, head_dim, mlp, vocab, mel, conv_kernel, conv_in,
                position, norm, lora_rank, audio_embed
   activations  activation_batch, activation_length, activation_embed,
                activation_heads, activation_kv_heads, activation_mlp, activation_vocab
@@ -39,6 +39,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     ("mel", None),
     ("conv_kernel", None),
+    ("conv_in", None),
     ("position", None),
     ("norm", None),
     ("lora_rank", None),
