@@ -23,6 +23,7 @@ import os
 import re
 from typing import Callable, Iterable, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -198,8 +199,6 @@ def load_params(
     CheckpointError naming each missing tensor, or the first tensor whose shape does not
     fit the config.
   """
-  import flax.linen as nn  # local import keeps the reader usable without flax
-
   flat = traverse_util.flatten_dict(nn.unbox(expected))
   flat_shardings = (traverse_util.flatten_dict(nn.unbox(shardings))
                     if shardings is not None else {})
@@ -235,7 +234,59 @@ def unused_tensors(reader: SafetensorsReader, used: Iterable[str], prefix: str) 
 # ---------------------------------------------------------------------------------------
 # Whisper encoder.
 
-# (load_whisper_encoder goes here)
+_WHISPER_PREFIXES = ("model.encoder.", "encoder.", "")  # full model, WhisperModel, bare encoder
+
+
+def _whisper_encoder_prefix(reader: SafetensorsReader) -> str:
+  for prefix in _WHISPER_PREFIXES:
+    if prefix + "conv1.weight" in reader:
+      return prefix
+  raise CheckpointError(
+      f"{reader.path}: no Whisper encoder found (looked for "
+      f"{[p + 'conv1.weight' for p in _WHISPER_PREFIXES]})")
+
+
+def load_whisper_encoder(path: str, dtype=jnp.float32, param_dtype=None, remat: bool = False,
+                         shardings=None):
+  """Loads the encoder of a local Hugging Face Whisper checkpoint.
+
+  Accepts a full ``WhisperForConditionalGeneration`` (``model.encoder.*``), a
+  ``WhisperModel`` (``encoder.*``) or a bare ``WhisperEncoder`` folder. Decoder tensors
+  are never read.
+
+  Args:
+    path: folder with config.json and model.safetensors (or a sharded index).
+    dtype: compute dtype of the returned module.
+    param_dtype: storage dtype of the loaded parameters (default: ``dtype``).
+    remat: rematerialise encoder blocks in the backward pass.
+    shardings: optional pytree of shardings (as the params) to load straight into.
+
+  Returns:
+    (module, params): ``module.apply({"params": params}, mel)`` with ``mel``
+    float32[B, n_mels, 3000] gives the last hidden state [B, 1500, d].
+  """
+  from lalmjax.models import whisper  # local: checkpoints must not import every model
+
+  param_dtype = dtype if param_dtype is None else param_dtype
+  config = whisper.WhisperEncoderConfig.from_hf(read_config(path))
+  module = whisper.WhisperEncoder(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
+  reader = SafetensorsReader(path)
+  prefix = _whisper_encoder_prefix(reader)
+
+  def hf_name(p):
+    name, transform = default_hf_name(p)
+    if p[0] in ("conv1", "conv2") and p[-1] == "kernel":
+      transform = conv1d_from_torch
+    return prefix + name, transform
+
+  mel = jax.ShapeDtypeStruct((1, config.num_mel_bins, config.num_mel_frames), jnp.float32)
+  expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), mel)["params"]
+  params = load_params(reader, expected, hf_name, param_dtype, shardings, "Whisper encoder")
+  used = [hf_name(p)[0] for p in traverse_util.flatten_dict(nn.unbox(expected))]
+  extra = unused_tensors(reader, used, prefix)
+  if extra:  # reported, not fatal: e.g. a checkpoint with more layers than its config
+    log.warning("%s: %d encoder tensors not used, e.g. %s", path, len(extra), extra[:5])
+  return module, params
 
 
 # ---------------------------------------------------------------------------------------
