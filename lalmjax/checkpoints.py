@@ -100,6 +100,12 @@ class SafetensorsReader:
       if meta.get("dtype") not in _ST_DTYPES:
         raise CheckpointError(f"{filename}: tensor {name!r} has unsupported dtype "
                               f"{meta.get('dtype')!r}")
+      offsets = meta.get("data_offsets")
+      if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1]):
+        raise CheckpointError(f"{filename}: tensor {name!r} has bad data_offsets {offsets!r}")
+      if 8 + n + offsets[1] > size:
+        raise CheckpointError(f"{filename}: truncated, tensor {name!r} ends at byte "
+                              f"{8 + n + offsets[1]} but the file has {size}")
       self._entries[name] = (filename, meta, 8 + n)
 
   def keys(self) -> list[str]:
@@ -208,17 +214,26 @@ def load_params(
     raise CheckpointError(
         f"{reader.path}: {what} is missing {len(missing)} tensor(s) the config needs, "
         f"e.g. {missing[:8]}")
+  # Check every shape from the headers before reading any data, and report them all.
+  mismatched = []
+  for path, spec in flat.items():
+    name, transform = names[path]
+    # A zero-stride stand-in: the transform's output shape without touching the data.
+    shape = np.broadcast_to(np.zeros((), np.float32), reader.shape(name))
+    shape = (transform(shape) if transform is not None else shape).shape
+    if tuple(shape) != tuple(spec.shape):
+      mismatched.append(f"{name!r} has shape {reader.shape(name)} (-> {tuple(shape)} for "
+                        f"param {'/'.join(path)}), the config expects {tuple(spec.shape)}")
+  if mismatched:
+    raise CheckpointError(
+        f"{reader.path}: {len(mismatched)} tensor(s) of the {what} do not fit the config: "
+        + "; ".join(mismatched[:6]))
   out = {}
   for path, spec in flat.items():
     name, transform = names[path]
     array = reader.get(name)
     if transform is not None:
       array = transform(array)
-    if tuple(array.shape) != tuple(spec.shape):
-      raise CheckpointError(
-          f"{reader.path}: tensor {name!r} has shape {tuple(reader.shape(name))} "
-          f"(-> {tuple(array.shape)} for param {'/'.join(path)}), but the config expects "
-          f"{tuple(spec.shape)}")
     array = np.asarray(array).astype(dtype)
     sharding = flat_shardings.get(path)
     out[path] = jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array)
@@ -292,4 +307,66 @@ def load_whisper_encoder(path: str, dtype=jnp.float32, param_dtype=None, remat: 
 # ---------------------------------------------------------------------------------------
 # Qwen2.
 
-# (load_qwen2 goes here)
+def _qwen2_prefix(reader: SafetensorsReader) -> str:
+  """"model." for Qwen2ForCausalLM, "" for a bare Qwen2Model."""
+  for prefix in ("model.", ""):
+    if prefix + "embed_tokens.weight" in reader:
+      return prefix
+  raise CheckpointError(f"{reader.path}: no Qwen2 model found (looked for "
+                        "'model.embed_tokens.weight' and 'embed_tokens.weight')")
+
+
+def load_qwen2(path: str, dtype=jnp.float32, param_dtype=None, lora_config=None,
+               remat_policy: str | None = None, shardings=None):
+  """Loads a local Hugging Face Qwen2 checkpoint (single file or sharded index).
+
+  Accepts ``Qwen2ForCausalLM`` (``model.*`` + ``lm_head.weight``) and a bare
+  ``Qwen2Model`` (no prefix; its config must tie the LM head to the embedding). With
+  ``tie_word_embeddings`` there is no lm_head param and a stored ``lm_head.weight`` is
+  ignored.
+
+  Args:
+    path: folder with config.json and model.safetensors or model.safetensors.index.json.
+    dtype: compute dtype of the module.
+    param_dtype: storage dtype of the loaded parameters (default: ``dtype``).
+    lora_config: a ``lora.LoraConfig`` to give the module adapters; the lora tree is not
+      loaded here (``lora.init_lora`` makes one).
+    remat_policy: None or a name in ``qwen2.REMAT_POLICIES``.
+    shardings: optional pytree of shardings (as the params) to load straight into.
+
+  Returns:
+    (module, params): ``module.apply({"params": params}, input_ids)`` with int32 [B, S]
+    gives float32 logits [B, S, V].
+
+  Raises:
+    CheckpointError naming the file, field or tensor that does not fit.
+  """
+  import flax.linen as nn  # local, like load_params
+  from lalmjax.models import qwen2  # local: checkpoints must not import every model
+
+  param_dtype = dtype if param_dtype is None else param_dtype
+  hf_config = read_config(path)
+  try:
+    config = qwen2.Qwen2Config.from_hf(hf_config, remat_policy=remat_policy)
+  except (ValueError, TypeError) as e:
+    raise CheckpointError(f"{os.path.join(path, 'config.json')}: {e}") from e
+  reader = SafetensorsReader(path)
+  prefix = _qwen2_prefix(reader)
+  if not config.tie_word_embeddings and "lm_head.weight" not in reader:
+    kind = "a bare Qwen2Model" if prefix == "" else "a Qwen2 checkpoint"
+    raise CheckpointError(f"{path}: {kind} without 'lm_head.weight', but config.json has "
+                          "tie_word_embeddings=false: there is no LM head to load")
+  module = qwen2.Qwen2(config, dtype=dtype, param_dtype=param_dtype, lora=lora_config)
+
+  def hf_name(p):
+    name, transform = default_hf_name(p)
+    return (name if p[0] == "lm_head" else prefix + name), transform
+
+  ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+  expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), ids)["params"]
+  params = load_params(reader, expected, hf_name, param_dtype, shardings, "Qwen2")
+  used = [hf_name(p)[0] for p in traverse_util.flatten_dict(nn.unbox(expected))]
+  extra = [k for k in unused_tensors(reader, used, "") if k != "lm_head.weight"]
+  if extra:  # reported, not fatal: e.g. a checkpoint with more layers than its config
+    log.warning("%s: %d Qwen2 tensors not used, e.g. %s", path, len(extra), extra[:5])
+  return module, params
