@@ -18,6 +18,8 @@ setup(
         "ml-dtypes>=0.5",
         "safetensors>=0.4",
         "tokenizers>=0.20",
+        # Tokenizers and chat templates of local HF folders (no torch needed at run time).
+        "transformers>=5,<6",
         "librosa>=0.10",
         "soundfile>=0.12",
         "jiwer>=3.0",
@@ -28,7 +30,6 @@ setup(
         # installs from local disk; any other spec pulls a multi-GB CUDA build.
         "test": [
             "torch==2.13.0",
-            "transformers>=5,<6",
             "peft>=0.17",
             "pytest>=8",
             "hypothesis>=6",
