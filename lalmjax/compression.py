@@ -100,7 +100,7 @@ def tokens_per_second(
     ``unseg`` segments vary in length, but a row of n frames always gets ceil(n / k)
     tokens, so its rate is the same as the uniform methods'. k = 1 gives 50 for Whisper.
     """
-    _lookup(method)
+    get_method(method)
     _check_factor(factor)
     return frame_rate_hz / factor
 
@@ -302,7 +302,8 @@ def _binomial_smooth(d, valid, window):
     return num / jnp.maximum(den, 1.0)  # den >= the centre weight at every valid position
 
 
-def _lookup(method) -> Method:
+def get_method(method) -> Method:
+    """The registered method called `method`; ValueError listing the names otherwise."""
     if not isinstance(method, str) or method not in _METHODS:
         names = ", ".join(registered_methods())
         raise ValueError(f"unknown compression method {method!r}; registered: {names}")
@@ -319,7 +320,7 @@ def _check_factor(factor):
 
 
 def _validate(x, mask, method, factor, options) -> Method:
-    spec = _lookup(method)
+    spec = get_method(method)
     _check_factor(factor)
     unknown = sorted(set(options) - set(spec.options))
     if unknown:

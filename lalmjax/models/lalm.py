@@ -1,0 +1,258 @@
+"""The assembled Large Audio Language Model and its loss.
+
+    mel [B, M, F] -> Whisper encoder -> frames [B, T, E] (50/s)
+      -> compress(method, k) -> audio tokens [B, A, E'] (E' = E, or k*E for "stack")
+      -> projector -> [B, A, D]
+      -> spliced into the LLM's input embeddings at the <|AUDIO|> placeholders
+      -> Qwen2 (+ LoRA) -> logits [B, S, V]
+
+Axis letters: B batch, M mel bins, F mel frames, T encoder frames, A audio-token slots
+(ceil(T / k)), E encoder width, D LLM width, S text positions, V vocab.
+
+Variables: ``{"params": {"encoder", "projector", "llm"}, "lora": {"llm"}}``. Which of
+them train is data (``training.partition`` with regexes over these paths); by default
+the projector and the LoRA adapters, with the encoder and the LLM frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lalmjax import compression
+from lalmjax.models.lora import LoraConfig
+from lalmjax.models.projector import PROJECTOR_KINDS, Projector
+from lalmjax.models.qwen2 import Qwen2, Qwen2Config
+from lalmjax.models.whisper import WhisperEncoder, WhisperEncoderConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class LALMConfig:
+  """The whole model's shape.
+
+  Attributes:
+    encoder: the Whisper encoder.
+    llm: the Qwen2 LM.
+    audio_token_id: id of the <|AUDIO|> placeholder in the tokenizer (< llm.vocab_size).
+    lora: adapters on the LLM, or None for none.
+    method: compression method, a name registered in `lalmjax.compression`.
+    factor: compression factor k >= 1 (1 = frame level).
+    method_options: extra keyword options of the method, as (name, value) pairs.
+    projector: "linear" or "mlp".
+    projector_hidden: hidden width of the mlp projector (0 = LLM width).
+  """
+
+  encoder: WhisperEncoderConfig
+  llm: Qwen2Config
+  audio_token_id: int
+  lora: LoraConfig | None = LoraConfig()
+  method: str = "uniavg"
+  factor: int = 1
+  method_options: tuple[tuple[str, Any], ...] = ()
+  projector: str = "linear"
+  projector_hidden: int = 0
+
+  def __post_init__(self):
+    object.__setattr__(self, "method_options", tuple(tuple(o) for o in self.method_options))
+    self.validate()
+
+  def validate(self):
+    if self.method not in compression.registered_methods():
+      raise ValueError(f"LALMConfig.method={self.method!r}: expected one of "
+                       f"{list(compression.registered_methods())}")
+    if not isinstance(self.factor, int) or self.factor < 1:
+      raise ValueError(f"LALMConfig.factor={self.factor!r}: expected an int >= 1")
+    if self.projector not in PROJECTOR_KINDS:
+      raise ValueError(f"LALMConfig.projector={self.projector!r}: expected one of "
+                       f"{list(PROJECTOR_KINDS)}")
+    if not 0 <= self.audio_token_id < self.llm.vocab_size:
+      raise ValueError(f"LALMConfig.audio_token_id={self.audio_token_id} is outside the "
+                       f"LLM vocabulary [0, {self.llm.vocab_size})")
+    if self.projector_hidden < 0:
+      raise ValueError(f"LALMConfig.projector_hidden={self.projector_hidden} must be >= 0")
+
+  @property
+  def audio_token_width(self) -> int:
+    """E': width of a compressed audio token (k * E for "stack")."""
+    pooling = compression.get_method(self.method).pooling
+    return self.encoder.d_model * (self.factor if pooling == "concat" else 1)
+
+
+def num_encoder_frames(num_samples, frames_per_window: int = 1500):
+  """Valid encoder frames (50/s) for utterances of `num_samples` samples at 16 kHz.
+
+  Mel frame i is valid while 160*i < samples; the stride-2 conv makes encoder frame j
+  from mel frames 2j-1..2j+1, valid while mel frame 2j is.
+  """
+  mel = -(-np.asarray(num_samples) // 160)
+  return np.minimum(-(-mel // 2), frames_per_window).astype(np.int32)
+
+
+def num_audio_tokens(config: LALMConfig, num_samples):
+  """Audio placeholders the prompt needs per utterance: ceil(valid frames / k)."""
+  frames = num_encoder_frames(num_samples, config.encoder.max_source_positions)
+  return compression.num_output_tokens(frames, config.factor)
+
+
+def llm_tokens_per_second(config: LALMConfig) -> float:
+  """LLM input tokens per second of audio that the audio part of a prompt costs."""
+  return compression.tokens_per_second(config.method, config.factor)
+
+
+def splice_audio(text_embeds: jax.Array, input_ids: jax.Array, audio_token_id: int,
+                 audio_tokens: jax.Array) -> jax.Array:
+  """Writes audio tokens into the placeholder positions, in order, with fixed shapes.
+
+  The i-th placeholder of a row takes that row's i-th audio token (a cumsum over the
+  placeholder mask gives i, then a gather); other positions keep their text embedding.
+
+  Args:
+    text_embeds: [B, S, D] token embeddings.
+    input_ids: int32[B, S].
+    audio_token_id: the placeholder id.
+    audio_tokens: [B, A, D] projected audio tokens, real ones packed at the front.
+
+  Returns:
+    [B, S, D].
+  """
+  is_audio = input_ids == audio_token_id  # [B, S]
+  slot = jnp.clip(jnp.cumsum(is_audio, axis=1) - 1, 0, audio_tokens.shape[1] - 1)
+  gathered = jnp.take_along_axis(audio_tokens, slot[..., None], axis=1)  # [B, S, D]
+  return jnp.where(is_audio[..., None], gathered.astype(text_embeds.dtype), text_embeds)
+
+
+class LALM(nn.Module):
+  """Whisper encoder -> compression -> projector -> Qwen2 (+LoRA).
+
+  Attributes:
+    config: the model.
+    dtype: compute dtype of encoder and LLM (the projector computes in float32).
+    param_dtype: storage dtype of encoder and LLM weights (LoRA and projector: float32).
+    encoder_remat: rematerialise encoder blocks (useful when the encoder trains).
+  """
+
+  config: LALMConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  encoder_remat: bool = False
+
+  def setup(self):
+    cfg = self.config
+    self.encoder = WhisperEncoder(cfg.encoder, dtype=self.dtype, param_dtype=self.param_dtype,
+                                  remat=self.encoder_remat)
+    self.projector = Projector(cfg.projector, cfg.llm.hidden_size, cfg.projector_hidden)
+    self.llm = Qwen2(cfg.llm, dtype=self.dtype, param_dtype=self.param_dtype, lora=cfg.lora)
+
+  def encode_audio(self, mel: jax.Array, num_frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Audio tokens in the LLM's embedding space.
+
+    Args:
+      mel: float32[B, M, F] log-mel features.
+      num_frames: int32[B] valid encoder frames per row (`num_encoder_frames`).
+
+    Returns:
+      (float32[B, A, D] audio tokens, bool[B, A] which are real); row b has
+      ceil(num_frames[b] / k) real tokens, packed at the front.
+    """
+    cfg = self.config
+    frames = self.encoder(mel)  # [B, T, E]
+    mask = jnp.arange(frames.shape[1])[None, :] < jnp.asarray(num_frames)[:, None]
+    tokens, token_mask = compression.compress(frames, mask, cfg.method, cfg.factor,
+                                              **dict(cfg.method_options))
+    tokens = nn.with_logical_constraint(
+        tokens, ("activation_batch", "activation_length", "activation_embed"))
+    return self.projector(tokens), token_mask
+
+  def embed_inputs(self, input_ids: jax.Array, audio_tokens: jax.Array) -> jax.Array:
+    """int32[B, S] ids + [B, A, D] audio tokens -> [B, S, D] LLM input embeddings."""
+    text = self.llm.embed(input_ids)
+    return splice_audio(text, input_ids, self.config.audio_token_id, audio_tokens)
+
+  def __call__(self, mel, num_frames, input_ids, attention_mask=None, *,
+               deterministic: bool = True):
+    """Teacher-forced logits.
+
+    Args:
+      mel: float32[B, M, F].
+      num_frames: int32[B] valid encoder frames.
+      input_ids: int32[B, S] prompts holding ceil(num_frames / k) placeholders per row.
+      attention_mask: bool[B, S] real tokens.
+      deterministic: False enables LoRA dropout (needs a "dropout" rng).
+
+    Returns:
+      float32[B, S, V] logits.
+    """
+    audio_tokens, _ = self.encode_audio(mel, num_frames)
+    embeds = self.embed_inputs(input_ids, audio_tokens)
+    return self.llm(attention_mask=attention_mask, inputs_embeds=embeds,
+                    deterministic=deterministic)
+
+
+def dummy_inputs(config: LALMConfig, batch: int = 1, length: int = 8):
+  """Shape-only inputs for `LALM.init` / `jax.eval_shape`."""
+  return (jax.ShapeDtypeStruct((batch, config.encoder.num_mel_bins,
+                                config.encoder.num_mel_frames), jnp.float32),
+          jax.ShapeDtypeStruct((batch,), jnp.int32),
+          jax.ShapeDtypeStruct((batch, length), jnp.int32))
+
+
+def init_variables(module: LALM, rng: jax.Array) -> dict:
+  """Random {"params", "lora"} for `module` (tests, or the parts no checkpoint has)."""
+  mel, frames, ids = (jnp.zeros(s.shape, s.dtype) for s in dummy_inputs(module.config))
+  return nn.unbox(module.init(rng, mel, frames, ids))
+
+
+def next_token_loss(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array):
+  """Summed next-token cross-entropy over the positions in `loss_mask`.
+
+  Args:
+    logits: float32[B, S, V]; position s predicts token s+1.
+    input_ids: int32[B, S].
+    loss_mask: bool[B, S], the tokens to predict (target text and EOS).
+
+  Returns:
+    (loss_sum float32[], num_tokens float32[]): sums, so the caller normalises once
+    over however many devices and micro-batches (correct under padding).
+  """
+  logits = logits[:, :-1].astype(jnp.float32)
+  targets = input_ids[:, 1:]
+  weight = loss_mask[:, 1:].astype(jnp.float32)
+  logz = jax.nn.logsumexp(logits, axis=-1)
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return jnp.sum((logz - target_logit) * weight), jnp.sum(weight)
+
+
+def lalm_loss(module: LALM, variables: dict, batch: dict, rngs=None):
+  """Loss and metrics of a batch.
+
+  Args:
+    module: the model.
+    variables: {"params": ..., "lora": ...}.
+    batch: mel float32[B, M, F], num_frames int32[B], input_ids int32[B, S],
+      attention_mask bool[B, S], loss_mask bool[B, S].
+    rngs: {"dropout": key} to train with LoRA dropout; None is deterministic.
+
+  Returns:
+    (mean loss, metrics dict of sums: loss_sum, num_tokens, placeholder_mismatch — the
+    number of rows whose placeholder count differs from their audio-token count, which a
+    correct batch keeps at 0).
+  """
+
+  def forward(mdl):
+    audio_tokens, token_mask = mdl.encode_audio(batch["mel"], batch["num_frames"])
+    embeds = mdl.embed_inputs(batch["input_ids"], audio_tokens)
+    logits = mdl.llm(attention_mask=batch["attention_mask"], inputs_embeds=embeds,
+                     deterministic=rngs is None)
+    return logits, token_mask
+
+  logits, token_mask = nn.apply(forward, module)(variables, rngs=rngs)
+  loss_sum, count = next_token_loss(logits, batch["input_ids"], batch["loss_mask"])
+  placeholders = jnp.sum(batch["input_ids"] == module.config.audio_token_id, axis=1)
+  mismatch = jnp.sum(placeholders != jnp.sum(token_mask, axis=1))
+  metrics = {"loss_sum": loss_sum, "num_tokens": count, "placeholder_mismatch": mismatch}
+  return loss_sum / jnp.maximum(count, 1.0), metrics
