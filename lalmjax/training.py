@@ -16,6 +16,12 @@ from flax import traverse_util
 # The paper's recipe: projector + LoRA train, Whisper and Qwen2 stay frozen. Adding
 # "params/encoder/.*" unfreezes the encoder.
 DEFAULT_TRAINABLE = ("params/projector/.*", "lora/.*")
+ENCODER = "params/encoder/.*"
+
+
+def trainable_patterns(train_encoder: bool = False, extra: Sequence[str] = ()) -> tuple[str, ...]:
+  """The default trainable set, plus the Whisper encoder when `train_encoder`."""
+  return DEFAULT_TRAINABLE + ((ENCODER,) if train_encoder else ()) + tuple(extra)
 
 
 def partition(variables: Mapping, trainable: Sequence[str] = DEFAULT_TRAINABLE):
