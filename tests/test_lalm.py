@@ -184,7 +184,7 @@ def _overfit(builder, lora, steps, lr=1e-2, projector="linear"):
   variables = frozen_lm_scaled(lalm.init_variables(module, jax.random.PRNGKey(0)))
   trainable, frozen = training.partition(variables)
   batch = make_batch(config, builder, np.array([8000, 12000, 16000, 5000]))
-  opt = optax.adam(lr)
+  opt = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.05))
 
   @jax.jit
   def step(trainable, opt_state):
