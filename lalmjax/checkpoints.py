@@ -341,7 +341,6 @@ def load_qwen2(path: str, dtype=jnp.float32, param_dtype=None, lora_config=None,
   Raises:
     CheckpointError naming the file, field or tensor that does not fit.
   """
-  import flax.linen as nn  # local, like load_params
   from lalmjax.models import qwen2  # local: checkpoints must not import every model
 
   param_dtype = dtype if param_dtype is None else param_dtype
@@ -370,3 +369,53 @@ def load_qwen2(path: str, dtype=jnp.float32, param_dtype=None, lora_config=None,
   if extra:  # reported, not fatal: e.g. a checkpoint with more layers than its config
     log.warning("%s: %d Qwen2 tensors not used, e.g. %s", path, len(extra), extra[:5])
   return module, params
+
+
+# ---------------------------------------------------------------------------------------
+# The assembled LALM.
+
+
+def load_lalm(encoder_path: str, llm_path: str, audio_token_id: int, *, dtype=jnp.float32,
+              param_dtype=None, rng=None, encoder_remat: bool = False, **lalm_options):
+  """Pretrained Whisper encoder + Qwen2 from local folders; projector and LoRA initialised.
+
+  The pretrained parts load first; then only what no checkpoint holds (the projector and
+  the LoRA adapters) is initialised, inside one jit whose unused random base weights XLA
+  drops, so no full-size random LLM is ever built.
+
+  Args:
+    encoder_path: a Whisper folder (see `load_whisper_encoder`).
+    llm_path: a Qwen2 folder (see `load_qwen2`).
+    audio_token_id: the tokenizer's <|AUDIO|> id (`prompts.PromptBuilder.audio_token_id`).
+    dtype, param_dtype: compute / storage dtype of encoder and LLM.
+    rng: key for the new parts (default PRNGKey(0)).
+    encoder_remat: rematerialise encoder blocks.
+    **lalm_options: the other `LALMConfig` fields (lora, method, factor, method_options,
+      projector, projector_hidden).
+
+  Returns:
+    (module, variables) with variables = {"params": {"encoder", "projector", "llm"},
+    "lora": {"llm": ...}} ("lora" absent when lora=None).
+  """
+  from lalmjax.models import lalm  # local: checkpoints must not import every model
+
+  param_dtype = dtype if param_dtype is None else param_dtype
+  enc_module, enc_params = load_whisper_encoder(encoder_path, dtype, param_dtype)
+  llm_module, llm_params = load_qwen2(llm_path, dtype, param_dtype)
+  try:
+    config = lalm.LALMConfig(enc_module.config, llm_module.config, audio_token_id,
+                             **lalm_options)
+  except ValueError as e:
+    raise CheckpointError(f"{llm_path}: {e}") from e
+  module = lalm.LALM(config, dtype=dtype, param_dtype=param_dtype, encoder_remat=encoder_remat)
+
+  def init_new_parts(key):
+    inputs = [jnp.zeros(s.shape, s.dtype) for s in lalm.dummy_inputs(config)]
+    variables = nn.unbox(module.init(key, *inputs))
+    return variables["params"]["projector"], variables.get("lora")
+
+  projector, lora = jax.jit(init_new_parts)(jax.random.PRNGKey(0) if rng is None else rng)
+  variables = {"params": {"encoder": enc_params, "projector": projector, "llm": llm_params}}
+  if lora is not None:
+    variables["lora"] = lora
+  return module, variables

@@ -216,3 +216,34 @@ def test_paper_lora_targets_learn(builder):
   losses = _overfit(builder, LoraConfig(rank=8, alpha=16.0), 300)
   print(f"overfit (LoRA q,k): first loss {losses[0]:.3f}, last {losses[-1]:.3f}")
   assert losses[-1] < 0.6 * losses[0]
+
+
+def test_load_lalm_from_pretrained_folders(builder, tmp_path):
+  """Encoder and LLM come from their checkpoints unchanged; only projector and LoRA are new
+  (LoRA B = 0, so text-only logits equal the bare LLM's)."""
+  import torch
+  import transformers
+  from lalmjax import checkpoints
+  from test_whisper import save_tiny_whisper
+  save_tiny_whisper(tmp_path / "whisper", d=32, heads=2, positions=100)
+  torch.manual_seed(0)
+  transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+      vocab_size=builder.vocab_size, hidden_size=64, intermediate_size=128,
+      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).save_pretrained(
+          str(tmp_path / "qwen2"))
+  module, variables = checkpoints.load_lalm(
+      str(tmp_path / "whisper"), str(tmp_path / "qwen2"), builder.audio_token_id,
+      lora=LoraConfig(), method="unseg", factor=3, projector="mlp")
+  enc, enc_params = checkpoints.load_whisper_encoder(str(tmp_path / "whisper"))
+  llm, llm_params = checkpoints.load_qwen2(str(tmp_path / "qwen2"))
+  assert module.config.factor == 3 and module.config.lora.rank == 16
+  for a, b in zip(jax.tree.leaves(variables["params"]["encoder"]), jax.tree.leaves(enc_params)):
+    np.testing.assert_array_equal(a, b)
+  assert all(float(jnp.abs(x).max()) == 0 for path, x in
+             jax.tree_util.tree_flatten_with_path(variables["lora"])[0]
+             if "lora_B" in jax.tree_util.keystr(path))
+  ids = jnp.asarray(builder.encode("asr", 0, "hello world").input_ids[None])
+  ours = module.apply(variables, ids, method=lambda m, i: m.llm(i))
+  np.testing.assert_allclose(ours, llm.apply({"params": llm_params}, ids), atol=1e-5)
+  with pytest.raises(checkpoints.CheckpointError, match="audio_token_id=5000 is outside"):
+    checkpoints.load_lalm(str(tmp_path / "whisper"), str(tmp_path / "qwen2"), 5000)
