@@ -2,7 +2,13 @@
 
 import os
 
-import pytest
+# 8 CPU devices, so mesh tests run on a real (data, fsdp, tensor) mesh; must be set
+# before jax initialises its backend.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join(TESTS_DIR, "data")

@@ -126,5 +126,6 @@ def test_load_into_shardings_on_a_mesh(tmp_path):
   module, params = checkpoints.load_whisper_encoder(str(tmp_path), shardings=shardings)
   kernel = params["layers_0"]["fc1"]["kernel"]
   assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-  np.testing.assert_array_equal(np.asarray(module.apply({"params": params}, MEL)),
-                                _encoder_out(tmp_path))
+  # Sharded matmuls sum in another order: equal to float32 rounding.
+  np.testing.assert_allclose(np.asarray(module.apply({"params": params}, MEL)),
+                             _encoder_out(tmp_path), atol=1e-5)
