@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from lalmjax import audio, checkpoints, compression  # pylint: disable=g-import-not-at-top
+from lalmjax.models import lalm  # pylint: disable=g-import-not-at-top
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -39,8 +40,7 @@ def main(argv=None):
   n_mels = module.config.num_mel_bins
   wavs = [audio.load_audio(p, max_seconds=audio.CHUNK_SECONDS) for p in args.audio]
   batch = np.stack([audio.pad_or_trim(w) for w in wavs])  # [B, 480000]
-  # Valid encoder frames: mel frames / 2 (the conv stem strides by 2).
-  valid = (audio.num_valid_frames([len(w) for w in wavs]) + 1) // 2
+  valid = lalm.num_encoder_frames([len(w) for w in wavs], module.config.max_source_positions)
   mask = np.arange(module.config.max_source_positions)[None] < valid[:, None]
 
   encode = jax.jit(lambda p, wav: module.apply({"params": p}, audio.log_mel_spectrogram(wav, n_mels)))

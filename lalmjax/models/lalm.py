@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lalmjax import compression
+from lalmjax import audio, compression
 from lalmjax.models.lora import LoraConfig
 from lalmjax.models.projector import PROJECTOR_KINDS, Projector
 from lalmjax.models.qwen2 import Qwen2, Qwen2Config
@@ -89,8 +89,8 @@ def num_encoder_frames(num_samples, frames_per_window: int = 1500):
   Mel frame i is valid while 160*i < samples; the stride-2 conv makes encoder frame j
   from mel frames 2j-1..2j+1, valid while mel frame 2j is.
   """
-  mel = -(-np.asarray(num_samples) // 160)
-  return np.minimum(-(-mel // 2), frames_per_window).astype(np.int32)
+  mel = audio.num_valid_frames(num_samples, max_frames=2 * frames_per_window)
+  return (-(-mel // 2)).astype(np.int32)
 
 
 def num_audio_tokens(config: LALMConfig, num_samples):
