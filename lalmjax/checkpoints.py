@@ -72,8 +72,12 @@ class SafetensorsReader:
       elif os.path.exists(single):
         self._add_file(single)
       else:
+        hint = (" (it has PyTorch pickles: re-save with save_pretrained(..., "
+                "safe_serialization=True))"
+                if any(f.startswith("pytorch_model") for f in os.listdir(path)) else "")
         raise CheckpointError(
-            f"{path}: no model.safetensors or model.safetensors.index.json in this folder")
+            f"{path}: no model.safetensors or model.safetensors.index.json in this folder"
+            + hint)
     elif os.path.isfile(path):
       self._add_file(path)
     else:

@@ -86,6 +86,9 @@ def test_missing_folder_config_and_weights(tmp_path):
   os.remove(tmp_path / "model.safetensors")
   with pytest.raises(checkpoints.CheckpointError, match="no model.safetensors"):
     checkpoints.load_whisper_encoder(str(tmp_path))
+  (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+  with pytest.raises(checkpoints.CheckpointError, match="PyTorch pickles"):
+    checkpoints.load_whisper_encoder(str(tmp_path))
 
 
 def test_corrupt_and_empty_safetensors(tmp_path):
