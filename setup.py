@@ -18,7 +18,7 @@ setup(
         "ml-dtypes>=0.5",
         "safetensors>=0.4",
         "tokenizers>=0.20",
-        # Tokenizers and chat templates of local HF folders (no torch needed at run time).
+        # Tokenizers and chat templates of local HF folders (PyTorch is not needed at run time).
         "transformers>=5,<6",
         "librosa>=0.10",
         "soundfile>=0.12",
@@ -26,7 +26,7 @@ setup(
         "sacrebleu>=2.4",
     ],
     extras_require={
-        # PyTorch reference models for the parity tests. torch is pinned: this CPU build
+        # PyTorch reference models for the parity tests. PyTorch is pinned: this CPU build
         # installs from local disk; any other spec pulls a multi-GB CUDA build.
         "test": [
             "torch==2.13.0",

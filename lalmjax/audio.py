@@ -100,10 +100,14 @@ def pad_or_trim(wav: np.ndarray, length: int = N_SAMPLES) -> np.ndarray:
   return np.pad(wav, pad)
 
 
+# Slaney mel scale: 3 mels per 200 Hz below 1 kHz, logarithmic (27 steps per 6.4x) above.
+_F_SP, _MIN_LOG_HZ, _LOGSTEP = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+
+
 def _hz_to_mel(freq: np.ndarray) -> np.ndarray:
   """Slaney mel scale: linear below 1 kHz, logarithmic above."""
-  f_sp, min_log_hz = 200.0 / 3, 1000.0
-  min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+  f_sp, min_log_hz, min_log_mel, logstep = _F_SP, _MIN_LOG_HZ, _MIN_LOG_MEL, _LOGSTEP
   freq = np.asarray(freq, np.float64)
   mels = freq / f_sp
   return np.where(freq >= min_log_hz,
@@ -111,8 +115,7 @@ def _hz_to_mel(freq: np.ndarray) -> np.ndarray:
 
 
 def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
-  f_sp, min_log_hz = 200.0 / 3, 1000.0
-  min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+  f_sp, min_log_hz, min_log_mel, logstep = _F_SP, _MIN_LOG_HZ, _MIN_LOG_MEL, _LOGSTEP
   mels = np.asarray(mels, np.float64)
   return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)),
                   f_sp * mels)

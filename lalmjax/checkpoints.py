@@ -189,6 +189,8 @@ def load_params(
     dtype=jnp.float32,
     shardings=None,
     what: str = "checkpoint",
+    report_unused_under: str | None = None,
+    expected_unused: Iterable[str] = (),
 ) -> dict:
   """Fills the tree of ``expected`` shapes with tensors from ``reader``.
 
@@ -200,13 +202,17 @@ def load_params(
     dtype: target dtype of every loaded array.
     shardings: optional pytree (same structure) of ``jax.sharding.Sharding``; each tensor is
       placed straight into its sharding.
-    what: a label for error messages.
+    what: a label for error and log messages.
+    report_unused_under: if set, checkpoint tensors whose names start with this prefix
+      and that no parameter used are logged (a warning, not an error: e.g. a checkpoint
+      with more layers than its config).
+    expected_unused: names never reported (e.g. a tied ``lm_head.weight``).
 
   Returns:
     The parameter tree (nested dicts of ``jax.Array``).
 
   Raises:
-    CheckpointError naming each missing tensor, or the first tensor whose shape does not
+    CheckpointError naming each missing tensor, or every tensor whose shape does not
     fit the config.
   """
   flat = traverse_util.flatten_dict(nn.unbox(expected))
@@ -241,13 +247,14 @@ def load_params(
     array = np.asarray(array).astype(dtype)
     sharding = flat_shardings.get(path)
     out[path] = jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array)
+  if report_unused_under is not None:
+    used = {n for n, _ in names.values()} | set(expected_unused)
+    extra = [k for k in reader.keys() if k.startswith(report_unused_under) and k not in used]
+    if extra:
+      log.warning("%s: %d %s tensors not used, e.g. %s", reader.path, len(extra), what,
+                  extra[:5])
   return traverse_util.unflatten_dict(out)
 
-
-def unused_tensors(reader: SafetensorsReader, used: Iterable[str], prefix: str) -> list[str]:
-  """Tensors under ``prefix`` that the conversion did not use (reported, not fatal)."""
-  used = set(used)
-  return [k for k in reader.keys() if k.startswith(prefix) and k not in used]
 
 
 # ---------------------------------------------------------------------------------------
@@ -300,11 +307,8 @@ def load_whisper_encoder(path: str, dtype=jnp.float32, param_dtype=None, remat: 
 
   mel = jax.ShapeDtypeStruct((1, config.num_mel_bins, config.num_mel_frames), jnp.float32)
   expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), mel)["params"]
-  params = load_params(reader, expected, hf_name, param_dtype, shardings, "Whisper encoder")
-  used = [hf_name(p)[0] for p in traverse_util.flatten_dict(nn.unbox(expected))]
-  extra = unused_tensors(reader, used, prefix)
-  if extra:  # reported, not fatal: e.g. a checkpoint with more layers than its config
-    log.warning("%s: %d encoder tensors not used, e.g. %s", path, len(extra), extra[:5])
+  params = load_params(reader, expected, hf_name, param_dtype, shardings, "Whisper encoder",
+                       report_unused_under=prefix)
   return module, params
 
 
@@ -367,11 +371,9 @@ def load_qwen2(path: str, dtype=jnp.float32, param_dtype=None, lora_config=None,
 
   ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
   expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), ids)["params"]
-  params = load_params(reader, expected, hf_name, param_dtype, shardings, "Qwen2")
-  used = [hf_name(p)[0] for p in traverse_util.flatten_dict(nn.unbox(expected))]
-  extra = [k for k in unused_tensors(reader, used, "") if k != "lm_head.weight"]
-  if extra:  # reported, not fatal: e.g. a checkpoint with more layers than its config
-    log.warning("%s: %d Qwen2 tensors not used, e.g. %s", path, len(extra), extra[:5])
+  # A tied config ignores a stored lm_head.weight on purpose.
+  params = load_params(reader, expected, hf_name, param_dtype, shardings, "Qwen2",
+                       report_unused_under="", expected_unused=("lm_head.weight",))
   return module, params
 
 
@@ -414,8 +416,7 @@ def load_lalm(encoder_path: str, llm_path: str, audio_token_id: int, *, dtype=jn
   module = lalm.LALM(config, dtype=dtype, param_dtype=param_dtype, encoder_remat=encoder_remat)
 
   def init_new_parts(key):
-    inputs = [jnp.zeros(s.shape, s.dtype) for s in lalm.dummy_inputs(config)]
-    variables = nn.unbox(module.init(key, *inputs))
+    variables = lalm.init_variables(module, key)
     return variables["params"]["projector"], variables.get("lora")
 
   projector, lora = jax.jit(init_new_parts)(jax.random.PRNGKey(0) if rng is None else rng)

@@ -127,14 +127,9 @@ def compress(x, mask, method: str, factor: int, **options) -> tuple[jax.Array, j
     y: x.dtype[B, A, D] tokens, A = ceil(T / k) (``[B, A, k * D]`` for "stack").
     y_mask: bool[B, A] real tokens.
   """
-  spec = _validate(x, mask, method, factor, options)
-  factor = int(factor)
-  x, mask = jnp.asarray(x), jnp.asarray(mask)
-  batch, frames, width = x.shape
-  num_slots = -(-frames // factor)  # A = ceil(T / k)
-  # Reductions in float32 (or float64 if that is what came in), output in x.dtype.
-  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
+  spec, xf, mask, factor = _prepare(x, mask, method, factor, options)
+  batch, frames, width = xf.shape
+  num_slots = _num_slots(frames, factor)  # A = ceil(T / k)
   segment_ids, num_tokens = spec.assign(xf, mask, factor, **options)
   # bool[B, A]
   y_mask = jnp.arange(num_slots)[None, :] < num_tokens[:, None]
@@ -148,7 +143,7 @@ def compress(x, mask, method: str, factor: int, **options) -> tuple[jax.Array, j
     y = y.reshape(batch, num_slots, factor * width)
   # Empty slots are already zero; the where keeps the contract for any plugged-in method.
   y = jnp.where(y_mask[..., None], y, 0)
-  return y.astype(x.dtype), y_mask
+  return y.astype(jnp.result_type(x)), y_mask
 
 
 def assign_segments(x, mask, method: str, factor: int, **options) -> tuple[jax.Array, jax.Array]:
@@ -156,11 +151,19 @@ def assign_segments(x, mask, method: str, factor: int, **options) -> tuple[jax.A
 
   For inspecting where a method puts its boundaries; see the module docstring.
   """
+  spec, xf, mask, factor = _prepare(x, mask, method, factor, options)
+  return spec.assign(xf, mask, factor, **options)
+
+
+def _prepare(x, mask, method, factor, options):
+  """Validates the arguments; returns (method, x in float32 or wider, mask, int factor).
+
+  Reductions run in float32 (or float64 if that is what came in); outputs go back to
+  x's dtype.
+  """
   spec = _validate(x, mask, method, factor, options)
-  factor = int(factor)
   x = jnp.asarray(x)
-  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  return spec.assign(xf, jnp.asarray(mask), factor, **options)
+  return spec, x.astype(jnp.promote_types(x.dtype, jnp.float32)), jnp.asarray(mask), int(factor)
 
 
 # ----------------------------------------------------------------------------- methods
@@ -170,17 +173,15 @@ def assign_segments(x, mask, method: str, factor: int, **options) -> tuple[jax.A
 def _uniavg(x, mask, k):
   """Token a = mean of valid frames a*k .. a*k + k - 1; the last run may be shorter."""
   rank = _valid_rank(mask)
-  dump = -(-mask.shape[1] // k)
-  return jnp.where(mask, rank // k, dump), _num_tokens(mask, k)
+  return jnp.where(mask, rank // k, _num_slots(mask.shape[1], k)), _num_tokens(mask, k)
 
 
 @register_method("unisamp")
 def _unisamp(x, mask, k):
   """Token a = valid frame a*k: a one-frame segment, so its mean is the frame itself."""
   rank = _valid_rank(mask)
-  dump = -(-mask.shape[1] // k)
   keep = mask & (rank % k == 0)
-  return jnp.where(keep, rank // k, dump), _num_tokens(mask, k)
+  return jnp.where(keep, rank // k, _num_slots(mask.shape[1], k)), _num_tokens(mask, k)
 
 
 @register_method("stack", pooling="concat")
@@ -191,8 +192,7 @@ def _stack(x, mask, k):
   pooling reshapes slots [B, A*k, D] -> [B, A, k*D].
   """
   rank = _valid_rank(mask)
-  dump = -(-mask.shape[1] // k) * k
-  return jnp.where(mask, rank, dump), _num_tokens(mask, k)
+  return jnp.where(mask, rank, _num_slots(mask.shape[1], k) * k), _num_tokens(mask, k)
 
 
 @register_method("unseg")
@@ -252,10 +252,15 @@ def _unseg(x, mask, k, *, smooth: int = 1):
   # Segment of the j-th valid frame, then back to original frame positions.
   segment_of_rank = jnp.cumsum(boundary, axis=1, dtype=jnp.int32)  # [B, T]
   ids = jnp.take_along_axis(segment_of_rank, jnp.maximum(_valid_rank(mask), 0), axis=1)
-  return jnp.where(mask, ids, -(-frames // k)), num_tokens
+  return jnp.where(mask, ids, _num_slots(frames, k)), num_tokens
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _num_slots(frames: int, k: int) -> int:
+  """A = ceil(T / k) token slots; also the dump id of the "mean" methods."""
+  return -(-frames // k)
 
 
 def _valid_rank(mask):

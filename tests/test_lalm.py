@@ -157,7 +157,6 @@ def test_forward_compiles_once_for_any_valid_lengths(builder):
 
   for samples in ([8000, 12000, 16000, 5000], [32000, 100, 2000, 20000], [1, 1, 1, 32000]):
     batch = make_batch(config, builder, np.array(samples))
-    batch = {k: v for k, v in batch.items()}
     batch.update(prompts.pad_prompts(
         [builder.encode("asr", int(c), t) for c, t in
          zip(lalm.num_audio_tokens(config, np.array(samples)), TEXTS)],

@@ -173,9 +173,9 @@ class LALM(nn.Module):
     text = self.llm.embed(input_ids)
     return splice_audio(text, input_ids, self.config.audio_token_id, audio_tokens)
 
-  def __call__(self, mel, num_frames, input_ids, attention_mask=None, *,
-               deterministic: bool = True):
-    """Teacher-forced logits.
+  def logits_and_audio_mask(self, mel, num_frames, input_ids, attention_mask=None, *,
+                            deterministic: bool = True):
+    """Teacher-forced logits, and which audio-token slots are real.
 
     Args:
       mel: float32[B, M, F].
@@ -185,12 +185,19 @@ class LALM(nn.Module):
       deterministic: False enables LoRA dropout (needs a "dropout" rng).
 
     Returns:
-      float32[B, S, V] logits.
+      (float32[B, S, V] logits, bool[B, A] real audio tokens).
     """
-    audio_tokens, _ = self.encode_audio(mel, num_frames)
+    audio_tokens, token_mask = self.encode_audio(mel, num_frames)
     embeds = self.embed_inputs(input_ids, audio_tokens)
-    return self.llm(attention_mask=attention_mask, inputs_embeds=embeds,
-                    deterministic=deterministic)
+    logits = self.llm(attention_mask=attention_mask, inputs_embeds=embeds,
+                      deterministic=deterministic)
+    return logits, token_mask
+
+  def __call__(self, mel, num_frames, input_ids, attention_mask=None, *,
+               deterministic: bool = True):
+    """float32[B, S, V] teacher-forced logits; arguments as `logits_and_audio_mask`."""
+    return self.logits_and_audio_mask(mel, num_frames, input_ids, attention_mask,
+                                      deterministic=deterministic)[0]
 
 
 def dummy_inputs(config: LALMConfig, batch: int = 1, length: int = 8):
@@ -242,15 +249,10 @@ def lalm_loss(module: LALM, variables: dict, batch: dict, rngs=None):
     number of rows whose placeholder count differs from their audio-token count, which a
     correct batch keeps at 0).
   """
-
-  def forward(mdl):
-    audio_tokens, token_mask = mdl.encode_audio(batch["mel"], batch["num_frames"])
-    embeds = mdl.embed_inputs(batch["input_ids"], audio_tokens)
-    logits = mdl.llm(attention_mask=batch["attention_mask"], inputs_embeds=embeds,
-                     deterministic=rngs is None)
-    return logits, token_mask
-
-  logits, token_mask = nn.apply(forward, module)(variables, rngs=rngs)
+  logits, token_mask = module.apply(
+      variables, batch["mel"], batch["num_frames"], batch["input_ids"],
+      batch["attention_mask"], deterministic=rngs is None, rngs=rngs,
+      method=LALM.logits_and_audio_mask)
   loss_sum, count = next_token_loss(logits, batch["input_ids"], batch["loss_mask"])
   placeholders = jnp.sum(batch["input_ids"] == module.config.audio_token_id, axis=1)
   mismatch = jnp.sum(placeholders != jnp.sum(token_mask, axis=1))
