@@ -24,6 +24,12 @@ setup(
         "soundfile>=0.12",
         "jiwer>=3.0",
         "sacrebleu>=2.4",
+        # Input pipeline, logging and plots.
+        "grain>=0.2.18",
+        "pyarrow>=14",
+        "tensorboardX>=2.6",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
     ],
     extras_require={
         # PyTorch reference models for the parity tests. PyTorch is pinned: this CPU build
