@@ -1,0 +1,1 @@
+"""Data: manifests of utterances, importers that write them from public corpora."""
