@@ -1,10 +1,10 @@
 """Manifests: JSON Lines files of utterances, the one format every corpus is turned into.
 
-One utterance a line::
+One utterance a line (wrapped here)::
 
-    {"id": "1089-134686-0000", "duration": 10.435,
-     "audio": "../LibriSpeech/test-clean/1089/134686/1089-134686-0000.flac", "task": "asr", "text": "HE HOPED THERE WOULD BE STEW FOR DINNER",
-     "source_lang": "en", "target_lang": "en"}
+    {"id": "1089-134686-0000", "duration": 10.435, "task": "asr",
+     "audio": "../LibriSpeech/test-clean/1089/134686/1089-134686-0000.flac",
+     "text": "HE HOPED THERE WOULD BE STEW FOR DINNER", "source_lang": "en", "target_lang": "en"}
 
 `audio` is relative to the manifest's folder (an absolute path stays absolute);
 `duration` is in seconds; `task` is one of TASKS; `translation` is present for "s2tt"
