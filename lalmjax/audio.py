@@ -138,9 +138,39 @@ def mel_filters(n_mels: int, sr: int = SAMPLE_RATE, n_fft: int = N_FFT) -> np.nd
   return fb.astype(np.float32)
 
 
+def _log_mel(xp, waveform, n_mels: int):
+  """The log-mel computation, written once for both array modules (`np` or `jnp`).
+
+  waveform: float32[B, samples] -> float32[B, n_mels, 3000].
+  """
+  n = waveform.shape[1]
+  if n >= N_SAMPLES:
+    waveform = waveform[:, :N_SAMPLES]
+  else:
+    waveform = xp.pad(waveform, ((0, 0), (0, N_SAMPLES - n)))
+  # Centred frames: reflect-pad by half a window on each side.
+  padded = xp.pad(waveform, ((0, 0), (N_FFT // 2, N_FFT // 2)), mode="reflect")
+  # Only the first N_FRAMES frames: the feature extractor drops the last one.
+  idx = np.arange(N_FRAMES)[:, None] * HOP_LENGTH + np.arange(N_FFT)[None, :]
+  frames = padded[:, idx]  # [B, 3000, 400]
+  window = np.hanning(N_FFT + 1)[:-1].astype(np.float32)  # periodic Hann
+  spec = xp.fft.rfft(frames * window, n=N_FFT, axis=-1)  # [B, 3000, 201]
+  power = (xp.real(spec) ** 2 + xp.imag(spec) ** 2).astype(np.float32)
+  filters = mel_filters(n_mels)
+  if xp is np:
+    mel = np.einsum("btf,fm->bmt", power, filters)
+  else:  # full float32 matmul precision also on TPU/GPU
+    mel = jnp.einsum("btf,fm->bmt", power, jnp.asarray(filters),
+                     precision=jax.lax.Precision.HIGHEST)
+  log_spec = xp.log10(xp.maximum(mel, 1e-10))
+  # The dynamic-range clamp is per utterance: each row's own maximum.
+  log_spec = xp.maximum(log_spec, log_spec.max(axis=(1, 2), keepdims=True) - 8.0)
+  return ((log_spec + 4.0) / 4.0).astype(np.float32)
+
+
 @functools.partial(jax.jit, static_argnames=("n_mels",))
 def log_mel_spectrogram(waveform: jax.Array, n_mels: int = 80) -> jax.Array:
-  """Whisper log-mel features.
+  """Whisper log-mel features, in jax (jit; on the accelerator inside a model step).
 
   Args:
     waveform: float32[B, samples] at 16 kHz (any length: zero-padded or cut to 30 s).
@@ -152,24 +182,17 @@ def log_mel_spectrogram(waveform: jax.Array, n_mels: int = 80) -> jax.Array:
   waveform = jnp.asarray(waveform, jnp.float32)
   if waveform.ndim != 2:
     raise ValueError(f"waveform must be [B, samples], got shape {waveform.shape}")
-  n = waveform.shape[1]
-  if n >= N_SAMPLES:
-    waveform = waveform[:, :N_SAMPLES]
-  else:
-    waveform = jnp.pad(waveform, ((0, 0), (0, N_SAMPLES - n)))
-  # Centred frames: reflect-pad by half a window on each side.
-  padded = jnp.pad(waveform, ((0, 0), (N_FFT // 2, N_FFT // 2)), mode="reflect")
-  # Only the first N_FRAMES frames: the feature extractor drops the last one.
-  idx = jnp.arange(N_FRAMES)[:, None] * HOP_LENGTH + jnp.arange(N_FFT)[None, :]
-  frames = padded[:, idx]  # [B, 3000, 400]
-  window = jnp.asarray(np.hanning(N_FFT + 1)[:-1], jnp.float32)  # periodic Hann
-  spec = jnp.fft.rfft(frames * window, n=N_FFT, axis=-1)  # [B, 3000, 201]
-  power = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2
-  mel = jnp.einsum("btf,fm->bmt", power, jnp.asarray(mel_filters(n_mels)),
-                   precision=jax.lax.Precision.HIGHEST)
-  log_spec = jnp.log10(jnp.maximum(mel, 1e-10))
-  log_spec = jnp.maximum(log_spec, log_spec.max(axis=(1, 2), keepdims=True) - 8.0)
-  return (log_spec + 4.0) / 4.0
+  return _log_mel(jnp, waveform, n_mels)
+
+
+def log_mel_spectrogram_np(waveform: np.ndarray, n_mels: int = 80) -> np.ndarray:
+  """`log_mel_spectrogram` in numpy, for input-pipeline workers (which must not touch
+  the accelerator). Same arguments and result; agrees with the jax version to float32
+  rounding (numpy's FFT runs in float64)."""
+  waveform = np.asarray(waveform, np.float32)
+  if waveform.ndim != 2:
+    raise ValueError(f"waveform must be [B, samples], got shape {waveform.shape}")
+  return _log_mel(np, waveform, n_mels)
 
 
 def num_valid_frames(num_samples, hop_length: int = HOP_LENGTH, max_frames: int = N_FRAMES):

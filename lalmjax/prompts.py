@@ -43,6 +43,22 @@ DEFAULT_INSTRUCTIONS = {
     "s2tt": "Translate the audio from {source} into {target}.",
 }
 
+# Manifest language codes -> the names instructions use ("Translate ... from English").
+LANGUAGE_NAMES = {
+    "en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian",
+    "pt": "Portuguese", "nl": "Dutch", "ru": "Russian", "zh": "Chinese", "ja": "Japanese",
+    "ar": "Arabic", "ca": "Catalan", "fa": "Persian", "et": "Estonian", "mn": "Mongolian",
+    "tr": "Turkish", "cy": "Welsh", "sv": "Swedish", "lv": "Latvian", "sl": "Slovenian",
+    "ta": "Tamil", "id": "Indonesian",
+}
+
+
+def language_name(code: str | None) -> str | None:
+  """"de" -> "German"; "de-DE" -> "German"; an unknown code is returned as it is."""
+  if not code:
+    return code
+  return LANGUAGE_NAMES.get(code.split("-")[0].split("_")[0].lower(), code)
+
 
 def load_tokenizer(path: str):
   """A local Hugging Face tokenizer with the audio marker tokens (added if missing)."""

@@ -1,0 +1,195 @@
+"""A cache of encoder frames, for training and sweeps with a frozen encoder.
+
+With the Whisper encoder frozen, its output for an utterance never changes: computing
+it once and storing it makes every later epoch, and every compression setting of a
+sweep, skip the encoder (the most expensive part on a CPU). Frames are stored per
+utterance as float16 ``[T_valid, E]`` (only the valid frames, 50 per second) in::
+
+    <root>/<fingerprint>/<xx>/<utterance key>.npy
+
+where the fingerprint is a content hash of the encoder checkpoint (config.json and
+every weight file) together with the compute dtype, so a different encoder, or the
+same one run in another precision, never reads another's frames. ``meta.json`` in that
+folder records the checkpoint path and the frame width, checked on open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_WEIGHT_FILES = re.compile(r".*\.(safetensors|bin|json)$")
+
+
+def encoder_fingerprint(path: str, extra: str = "") -> str:
+  """sha256 (hex, first 20 chars) over the files of a checkpoint folder, and `extra`.
+
+  Reads config.json, the safetensors (or CTranslate2 ``model.bin``) files and indexes,
+  in name order, in 8 MiB blocks.
+  """
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: encoder checkpoint folder does not exist")
+  h = hashlib.sha256(extra.encode())
+  names = sorted(n for n in os.listdir(path) if _WEIGHT_FILES.match(n)
+                 and not n.startswith(("tokenizer", "preprocessor", "generation")))
+  if not names:
+    raise FileNotFoundError(f"{path}: no weight or config files to fingerprint")
+  for name in names:
+    h.update(name.encode())
+    with open(os.path.join(path, name), "rb") as f:
+      for block in iter(lambda: f.read(8 << 20), b""):
+        h.update(block)
+  return h.hexdigest()[:20]
+
+
+def utterance_key(utt_id: str) -> str:
+  """A file-system-safe, collision-free name for an utterance id."""
+  safe = re.sub(r"[^A-Za-z0-9_.-]", "_", utt_id)[:80]
+  return f"{safe}-{hashlib.sha1(utt_id.encode()).hexdigest()[:10]}"
+
+
+class FeatureCache:
+  """Encoder frames per utterance id, for one encoder checkpoint and dtype.
+
+  Args:
+    root: the cache folder (shared by all encoders; each gets its own subfolder).
+    encoder_path: the encoder checkpoint folder (hashed, see `encoder_fingerprint`).
+    width: E, the encoder width (checked against what is stored).
+    dtype: the encoder's compute dtype name ("float32", "bfloat16"), part of the key.
+    fingerprint: skip hashing when the caller already knows it.
+  """
+
+  def __init__(self, root: str, encoder_path: str, width: int, dtype: str = "float32",
+               fingerprint: str | None = None):
+    self.fingerprint = fingerprint or encoder_fingerprint(encoder_path, extra=str(dtype))
+    self.dir = os.path.join(os.path.abspath(root), self.fingerprint)
+    self.width = int(width)
+    os.makedirs(self.dir, exist_ok=True)
+    meta_path = os.path.join(self.dir, "meta.json")
+    meta = {"encoder_path": os.path.abspath(encoder_path), "width": self.width,
+            "dtype": str(dtype), "fingerprint": self.fingerprint, "storage": "float16"}
+    if os.path.exists(meta_path):
+      with open(meta_path) as f:
+        stored = json.load(f)
+      if stored.get("width") != self.width:
+        raise ValueError(f"{meta_path}: cached frames have width {stored.get('width')}, "
+                         f"the encoder gives {self.width}")
+    else:
+      tmp = meta_path + f".tmp{os.getpid()}"
+      with open(tmp, "w") as f:
+        json.dump(meta, f, indent=2)
+      os.replace(tmp, meta_path)
+
+  def path(self, utt_id: str) -> str:
+    key = utterance_key(utt_id)
+    return os.path.join(self.dir, key[-2:], key + ".npy")
+
+  def __contains__(self, utt_id: str) -> bool:
+    return os.path.exists(self.path(utt_id))
+
+  def get(self, utt_id: str) -> np.ndarray | None:
+    """float16[T_valid, E], or None when not cached."""
+    path = self.path(utt_id)
+    if not os.path.exists(path):
+      return None
+    frames = np.load(path)
+    if frames.ndim != 2 or frames.shape[1] != self.width:
+      raise ValueError(f"{path}: cached frames of {utt_id!r} have shape {frames.shape}, "
+                       f"expected [T, {self.width}]")
+    return frames
+
+  def put(self, utt_id: str, frames: np.ndarray):
+    """Stores float[T_valid, E] frames (as float16), atomically."""
+    frames = np.asarray(frames)
+    if frames.ndim != 2 or frames.shape[1] != self.width:
+      raise ValueError(f"frames of {utt_id!r} have shape {frames.shape}, "
+                       f"expected [T, {self.width}]")
+    path = self.path(utt_id)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path[:-4] + f".tmp{os.getpid()}.npy"
+    np.save(tmp, frames.astype(np.float16))
+    os.replace(tmp, path)
+
+
+def fill_cache(cache: FeatureCache, utterances: Sequence, encode: Callable,
+               load: Callable, batch_size: int = 8, progress: bool = True) -> dict:
+  """Encodes every utterance not yet in `cache`.
+
+  Args:
+    cache: the cache.
+    utterances: objects with `.id` (manifest `Utterance`s).
+    encode: float32[B, samples] waveforms (padded to the window) + int32[B] valid
+      encoder frames -> float[B, T, E] frames (a jitted encoder; B is always
+      `batch_size`, so it compiles once).
+    load: utterance -> float32[samples] waveform, raising on unreadable audio.
+    batch_size: rows per encoder call (the last call is padded).
+
+  Returns:
+    {"encoded": n, "cached": n already there, "skipped": {id: reason}}.
+  """
+  from tqdm import tqdm  # local: only filling shows progress
+
+  todo = [u for u in utterances if u.id not in cache]
+  stats = {"encoded": 0, "cached": len(utterances) - len(todo), "skipped": {}}
+  bar = tqdm(total=len(todo), desc="encoder features", unit="utt", disable=not progress)
+  for start in range(0, len(todo), batch_size):
+    chunk, wavs = [], []
+    for u in todo[start:start + batch_size]:
+      try:
+        wavs.append(load(u))
+        chunk.append(u)
+      except (OSError, ValueError) as e:
+        log.warning("feature cache: skipping %s: %s", u.id, e)
+        stats["skipped"][u.id] = str(e)
+    if chunk:
+      frames, valid = encode(wavs)
+      for u, f, n in zip(chunk, frames, valid):
+        cache.put(u.id, np.asarray(f[:int(n)]))
+      stats["encoded"] += len(chunk)
+    bar.update(batch_size if start + batch_size <= len(todo) else len(todo) - start)
+  bar.close()
+  return stats
+
+
+def encoder_fn(module, params, batch_size: int) -> Callable:
+  """A batched, jitted encode for `fill_cache`: waveforms -> (frames, valid frames).
+
+  Args:
+    module: a `WhisperEncoder` (its config gives the mel bins and the window).
+    params: its parameters.
+    batch_size: B per encoder call; lists are cut into B-row calls, the last padded
+      with silence, so it compiles once.
+  """
+  import jax  # local: pipeline workers import this module without touching jax
+
+  from lalmjax import audio
+  from lalmjax.models import lalm
+
+  cfg = module.config
+  window = cfg.num_mel_frames * audio.HOP_LENGTH  # samples in the encoder window
+
+  @jax.jit
+  def run(p, wav):
+    mel = audio.log_mel_spectrogram(wav, cfg.num_mel_bins)[:, :, :cfg.num_mel_frames]
+    return module.apply({"params": p}, mel)
+
+  def encode(wavs):
+    outs = []
+    for start in range(0, len(wavs), batch_size):
+      chunk = wavs[start:start + batch_size]
+      batch = np.zeros((batch_size, window), np.float32)
+      for i, w in enumerate(chunk):
+        batch[i, :min(len(w), window)] = w[:window]
+      outs.append(np.asarray(jax.device_get(run(params, batch)), np.float32)[:len(chunk)])
+    valid = lalm.num_encoder_frames([len(w) for w in wavs], cfg.max_source_positions)
+    return np.concatenate(outs), valid
+
+  return encode
