@@ -8,7 +8,12 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=8").strip()
 
+import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# The configs package sits beside lalmjax at the repository root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join(TESTS_DIR, "data")

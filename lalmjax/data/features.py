@@ -193,3 +193,17 @@ def encoder_fn(module, params, batch_size: int) -> Callable:
     return np.concatenate(outs), valid
 
   return encode
+
+
+def text_fingerprint(text: str) -> str:
+  """sha256 (first 20 hex chars) of a string: the identity of a random encoder."""
+  return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def file_fingerprint(path: str) -> str:
+  """sha256 (first 20 hex chars) of one file's content."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(8 << 20), b""):
+      h.update(block)
+  return h.hexdigest()[:20]
