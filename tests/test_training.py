@@ -319,3 +319,25 @@ def test_two_processes_train_on_disjoint_shards_and_agree(corpus, straight_run, 
   print("two processes", ours, "one process", ref)
   for step in (1, 2, 3):
     np.testing.assert_allclose(ours[step], ref[step], rtol=1e-5)
+
+
+def test_bf16_compute_keeps_float32_trainables_and_remat_changes_nothing(corpus, tmp_path):
+  mesh = sharding.create_mesh((1, 1, 1), devices=jax.devices()[:1])
+  kw = {"model.lora_dropout": 0.0}
+  _, state, frozen, step, batches = _setup(corpus, tmp_path, mesh, **kw)
+  ref_losses, ref = _run(mesh, state, frozen, step, batches[:2])
+  # Remat recomputes activations in the backward pass: same numbers.
+  _, state, frozen, step, _ = _setup(corpus, tmp_path, mesh,
+                                     **{"model.remat_policy": "nothing_saveable", **kw})
+  losses, remat = _run(mesh, state, frozen, step, batches[:2])
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-6)
+  worst = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), remat, ref)))
+  assert worst < 1e-6
+  # bf16 compute and storage of the frozen weights; LoRA and projector stay float32.
+  _, state, frozen, step, _ = _setup(corpus, tmp_path, mesh, **{
+      "model.dtype": "bfloat16", "model.param_dtype": "bfloat16", **kw})
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.trainable))
+  assert all(x.dtype == jax.numpy.bfloat16 for x in jax.tree.leaves(frozen["params"]["llm"]))
+  losses, bf16 = _run(mesh, state, frozen, step, batches[:2])
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(bf16))
+  np.testing.assert_allclose(losses, ref_losses, rtol=2e-2)
