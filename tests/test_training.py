@@ -341,3 +341,17 @@ def test_bf16_compute_keeps_float32_trainables_and_remat_changes_nothing(corpus,
   losses, bf16 = _run(mesh, state, frozen, step, batches[:2])
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(bf16))
   np.testing.assert_allclose(losses, ref_losses, rtol=2e-2)
+
+
+def test_chunked_cross_entropy_in_the_step_equals_full_logits(corpus, tmp_path):
+  mesh = sharding.create_mesh((1, 1, 1), devices=jax.devices()[:1])
+  kw = {"model.lora_dropout": 0.0}
+  _, state, frozen, step, batches = _setup(corpus, tmp_path, mesh, **kw)
+  full_losses, full = _run(mesh, state, frozen, step, batches[:2])
+  # 37 positions a chunk: does not divide the 128-token prompts.
+  _, state, frozen, step, _ = _setup(corpus, tmp_path, mesh, **{"loss.vocab_chunk": 37, **kw})
+  losses, chunked = _run(mesh, state, frozen, step, batches[:2])
+  np.testing.assert_allclose(losses, full_losses, rtol=1e-5)
+  worst = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
+                                           chunked, full)))
+  assert worst < 1e-5
