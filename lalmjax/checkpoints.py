@@ -17,6 +17,7 @@ name, its shape and the expected one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -63,12 +64,15 @@ class SafetensorsReader:
             weight_map = json.load(f)["weight_map"]
         except (json.JSONDecodeError, KeyError) as e:
           raise CheckpointError(f"{index}: not a safetensors index with a 'weight_map' ({e})")
-        for shard in sorted(set(weight_map.values())):
-          self._add_file(os.path.join(path, shard))
-        missing = sorted(n for n in weight_map if n not in self._entries)
+        if not isinstance(weight_map, dict):
+          raise CheckpointError(f"{index}: 'weight_map' is not a mapping of tensor -> shard")
+        in_shard = {shard: self._add_file(os.path.join(path, shard))
+                    for shard in sorted(set(weight_map.values()))}
+        missing = sorted(f"{n!r} (in {shard})" for n, shard in weight_map.items()
+                         if n not in in_shard[shard])
         if missing:
-          raise CheckpointError(f"{index}: tensors listed but not found in their shards: "
-                                f"{missing[:5]}")
+          raise CheckpointError(f"{index}: {len(missing)} tensor(s) listed but not found in "
+                                f"their shards: {', '.join(missing[:5])}")
       elif os.path.exists(single):
         self._add_file(single)
       else:
@@ -83,7 +87,8 @@ class SafetensorsReader:
     else:
       raise CheckpointError(f"{path}: checkpoint path does not exist")
 
-  def _add_file(self, filename: str):
+  def _add_file(self, filename: str) -> set[str]:
+    """Reads and checks one file's header; returns the tensor names it holds."""
     if not os.path.exists(filename):
       raise CheckpointError(f"{filename}: shard file missing")
     size = os.path.getsize(filename)
@@ -98,19 +103,16 @@ class SafetensorsReader:
         header = json.loads(f.read(n))
       except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{filename}: corrupt safetensors header ({e})")
+    if not isinstance(header, dict):
+      raise CheckpointError(f"{filename}: corrupt safetensors header (not a JSON object)")
+    names = set()
     for name, meta in header.items():
       if name == "__metadata__":
         continue
-      if meta.get("dtype") not in _ST_DTYPES:
-        raise CheckpointError(f"{filename}: tensor {name!r} has unsupported dtype "
-                              f"{meta.get('dtype')!r}")
-      offsets = meta.get("data_offsets")
-      if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1]):
-        raise CheckpointError(f"{filename}: tensor {name!r} has bad data_offsets {offsets!r}")
-      if 8 + n + offsets[1] > size:
-        raise CheckpointError(f"{filename}: truncated, tensor {name!r} ends at byte "
-                              f"{8 + n + offsets[1]} but the file has {size}")
+      _check_entry(filename, name, meta, 8 + n, size)
       self._entries[name] = (filename, meta, 8 + n)
+      names.add(name)
+    return names
 
   def keys(self) -> list[str]:
     return sorted(self._entries)
@@ -126,16 +128,42 @@ class SafetensorsReader:
     if name not in self._entries:
       raise CheckpointError(f"{self.path}: no tensor named {name!r}")
     filename, meta, start = self._entries[name]
-    begin, end = meta["data_offsets"]
+    begin, _ = meta["data_offsets"]
     dtype = np.dtype(_ST_DTYPES[meta["dtype"]])
     shape = tuple(meta["shape"])
-    count = int(np.prod(shape, dtype=np.int64))
-    if end - begin != count * dtype.itemsize:
-      raise CheckpointError(f"{filename}: tensor {name!r} has {end - begin} bytes, "
-                            f"expected {count * dtype.itemsize} for {meta['dtype']}{list(shape)}")
-    if count == 0:
+    if 0 in shape:
       return np.zeros(shape, dtype)
     return np.memmap(filename, dtype=dtype, mode="r", offset=start + begin, shape=shape)
+
+
+def _check_entry(filename: str, name: str, meta, data_start: int, size: int):
+  """Raises CheckpointError unless a header entry describes a readable tensor.
+
+  ``data_start`` is where the buffers begin (offsets count from there); ``size`` is the
+  file's size in bytes.
+  """
+  if not isinstance(meta, dict):
+    raise CheckpointError(f"{filename}: tensor {name!r} has a malformed header entry {meta!r}")
+  if meta.get("dtype") not in _ST_DTYPES:
+    raise CheckpointError(f"{filename}: tensor {name!r} has unsupported dtype "
+                          f"{meta.get('dtype')!r} (supported: {sorted(_ST_DTYPES)})")
+  shape = meta.get("shape")
+  if not (isinstance(shape, list) and
+          all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+    raise CheckpointError(f"{filename}: tensor {name!r} has bad shape {shape!r}")
+  offsets = meta.get("data_offsets")
+  if not (isinstance(offsets, list) and len(offsets) == 2 and
+          all(isinstance(o, int) and not isinstance(o, bool) for o in offsets) and
+          0 <= offsets[0] <= offsets[1]):
+    raise CheckpointError(f"{filename}: tensor {name!r} has bad data_offsets {offsets!r}")
+  nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(_ST_DTYPES[meta["dtype"]]).itemsize
+  if offsets[1] - offsets[0] != nbytes:
+    raise CheckpointError(f"{filename}: tensor {name!r} has data_offsets {offsets} "
+                          f"({offsets[1] - offsets[0]} bytes), but {meta['dtype']}{shape} "
+                          f"needs {nbytes}")
+  if data_start + offsets[1] > size:
+    raise CheckpointError(f"{filename}: truncated, tensor {name!r} ends at byte "
+                          f"{data_start + offsets[1]} but the file has {size}")
 
 
 def read_config(path: str) -> dict:
@@ -330,8 +358,10 @@ def load_qwen2(path: str, dtype=jnp.float32, param_dtype=None, lora_config=None,
 
   Accepts ``Qwen2ForCausalLM`` (``model.*`` + ``lm_head.weight``) and a bare
   ``Qwen2Model`` (no prefix; its config must tie the LM head to the embedding). With
-  ``tie_word_embeddings`` there is no lm_head param and a stored ``lm_head.weight`` is
-  ignored.
+  ``tie_word_embeddings`` there is no lm_head param. A tied config whose checkpoint also
+  stores an ``lm_head.weight`` is treated as transformers treats it: a stored head equal
+  to the embedding is ignored (the model stays tied); a different one is loaded as an
+  untied head (``module.config.tie_word_embeddings`` is then False), with a warning.
 
   Args:
     path: folder with config.json and model.safetensors or model.safetensors.index.json.
@@ -363,6 +393,13 @@ def load_qwen2(path: str, dtype=jnp.float32, param_dtype=None, lora_config=None,
     kind = "a bare Qwen2Model" if prefix == "" else "a Qwen2 checkpoint"
     raise CheckpointError(f"{path}: {kind} without 'lm_head.weight', but config.json has "
                           "tie_word_embeddings=false: there is no LM head to load")
+  if (config.tie_word_embeddings and "lm_head.weight" in reader and
+      not _same_tensor(reader, "lm_head.weight", prefix + "embed_tokens.weight")):
+    log.warning("%s: config.json has tie_word_embeddings=true, but the checkpoint stores an "
+                "lm_head.weight that differs from the embedding; loading it as an untied "
+                "LM head, as transformers does (set tie_word_embeddings=false in "
+                "config.json to silence this)", path)
+    config = dataclasses.replace(config, tie_word_embeddings=False)
   module = qwen2.Qwen2(config, dtype=dtype, param_dtype=param_dtype, lora=lora_config)
 
   def hf_name(p):
@@ -371,10 +408,22 @@ def load_qwen2(path: str, dtype=jnp.float32, param_dtype=None, lora_config=None,
 
   ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
   expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), ids)["params"]
-  # A tied config ignores a stored lm_head.weight on purpose.
+  # Still tied here means a stored lm_head.weight (if any) equals the embedding.
   params = load_params(reader, expected, hf_name, param_dtype, shardings, "Qwen2",
                        report_unused_under="", expected_unused=("lm_head.weight",))
   return module, params
+
+
+def _same_tensor(reader: SafetensorsReader, a: str, b: str, rows: int = 8192) -> bool:
+  """Whether tensors ``a`` and ``b`` hold equal values, read a block of rows at a time."""
+  if reader.shape(a) != reader.shape(b):
+    return False
+  x, y = reader.get(a), reader.get(b)
+  if x.ndim == 0:
+    return bool(np.asarray(x) == np.asarray(y))
+  return all(np.array_equal(np.asarray(x[i:i + rows], np.float32),
+                            np.asarray(y[i:i + rows], np.float32))
+             for i in range(0, x.shape[0], rows))
 
 
 # ---------------------------------------------------------------------------------------

@@ -55,15 +55,19 @@ class Method:
   assign: AssignFn  # segment assignment, see the module docstring
   pooling: Pooling  # how the shared reduction turns segments into tokens
   options: tuple[str, ...]  # keyword-only options `assign` accepts
+  check_options: Callable[..., None] | None = None  # raises ValueError on a bad value
 
 
 _METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, *, pooling: Pooling = "mean"):
+def register_method(name: str, *, pooling: Pooling = "mean",
+                    check_options: Callable[..., None] | None = None):
   """Decorator registering ``assign(x, mask, k, *, **options)`` as method ``name``.
 
   Options are the function's keyword-only parameters; ``compress`` forwards them.
+  ``check_options(**options)``, if given, raises ValueError on a bad value; it runs
+  in ``validate_options``, before anything is traced.
   """
   if pooling not in ("mean", "concat"):
     raise ValueError(
@@ -75,7 +79,8 @@ def register_method(name: str, *, pooling: Pooling = "mean"):
       raise ValueError(f"compression method {name!r} is already registered")
     params = inspect.signature(assign).parameters.values()
     options = tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
-    _METHODS[name] = Method(name=name, assign=assign, pooling=pooling, options=options)
+    _METHODS[name] = Method(name=name, assign=assign, pooling=pooling, options=options,
+                            check_options=check_options)
     return assign
 
   return decorator
@@ -195,7 +200,13 @@ def _stack(x, mask, k):
   return jnp.where(mask, rank, _num_slots(mask.shape[1], k) * k), _num_tokens(mask, k)
 
 
-@register_method("unseg")
+def _check_unseg_options(*, smooth: int = 1):
+  is_int = isinstance(smooth, (int, np.integer)) and not isinstance(smooth, bool)
+  if not is_int or smooth < 1 or smooth % 2 == 0:
+    raise ValueError(f"unseg: smooth must be an odd int >= 1, got {smooth!r}")
+
+
+@register_method("unseg", check_options=_check_unseg_options)
 def _unseg(x, mask, k, *, smooth: int = 1):
   """Unsupervised segmentation: cut where adjacent frames differ most, mean-pool segments.
 
@@ -223,9 +234,6 @@ def _unseg(x, mask, k, *, smooth: int = 1):
   Static shapes: the per-row top-(m-1) is a rank from a stable argsort, not a top_k
   with a data-dependent k.
   """
-  is_int = isinstance(smooth, (int, np.integer)) and not isinstance(smooth, bool)
-  if not is_int or smooth < 1 or smooth % 2 == 0:
-    raise ValueError(f"unseg: smooth must be an odd int >= 1, got {smooth!r}")
   frames = mask.shape[1]
   num_valid = jnp.sum(mask, axis=1, dtype=jnp.int32)  # [B]
   num_tokens = _num_tokens(mask, k)
@@ -325,15 +333,27 @@ def _check_factor(factor):
     raise ValueError(f"compression factor must be >= 1, got {factor}")
 
 
-def _validate(x, mask, method, factor, options) -> Method:
+def validate_options(method: str, **options) -> Method:
+  """Checks a method's options without data: names it accepts, values its check allows.
+
+  Configs call this when they are built (e.g. ``LALMConfig``), so a bad option fails
+  there rather than at trace time. Returns the method.
+  """
   spec = get_method(method)
-  _check_factor(factor)
   unknown = sorted(set(options) - set(spec.options))
   if unknown:
     accepted = ", ".join(spec.options) or "none"
     raise ValueError(
       f"compression method {method!r} got unknown option(s) {unknown}; it accepts: {accepted}"
     )
+  if spec.check_options is not None:
+    spec.check_options(**options)
+  return spec
+
+
+def _validate(x, mask, method, factor, options) -> Method:
+  spec = validate_options(method, **options)
+  _check_factor(factor)
   x_shape, x_dtype = np.shape(x), jnp.result_type(x)
   m_shape, m_dtype = np.shape(mask), jnp.result_type(mask)
   if len(x_shape) != 3:

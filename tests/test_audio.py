@@ -54,6 +54,28 @@ def test_log_mel_batched_equals_single(speech):
     np.testing.assert_allclose(together[i], alone, atol=1e-5)
 
 
+def test_log_mel_clamp_is_per_utterance_for_rows_of_different_loudness(speech):
+  """Speech, the same speech 40 dB quieter and quiet noise in one batch: each row is
+  clamped at its own maximum - 8 (log10 units), as the feature extractor does for each
+  waveform, not at the batch's."""
+  noise = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 1e-3
+  rows = [speech[:24000], 1e-2 * speech[8000:32000], noise]
+  batch = np.stack(rows)
+  together = np.asarray(audio.log_mel_spectrogram(batch, 80))
+  ref = WhisperFeatureExtractor(feature_size=80)(
+      list(batch), sampling_rate=16000, return_tensors="np").input_features
+  peaks = together.max(axis=(1, 2))
+  # The quiet rows hold values below the loud row's clamp: a batch-wide clamp would
+  # change them.
+  assert (together[1] < peaks[0] - 2.0).mean() > 0.1 and (together[2] < peaks[0] - 2.0).any()
+  for i, wav in enumerate(rows):
+    alone = np.asarray(audio.log_mel_spectrogram(wav[None], 80))[0]
+    np.testing.assert_allclose(together[i], alone, atol=1e-5)
+    assert np.abs(together[i] - ref[i]).max() <= TOL
+    # (max(row max - 8, log10 floor of -10) + 4) / 4
+    assert together[i].min() == pytest.approx(max(peaks[i] - 2.0, -1.5), abs=1e-5)
+
+
 def test_log_mel_longer_than_window_is_cut(speech):
   long = np.tile(speech, 12)[: 35 * 16000]
   np.testing.assert_allclose(np.asarray(audio.log_mel_spectrogram(long[None], 80)),
@@ -89,6 +111,30 @@ def test_load_audio_stereo_and_other_rate(tmp_path):
   # A 440 Hz tone survives resampling: its spectral peak stays at 440 Hz.
   spectrum = np.abs(np.fft.rfft(wav))
   assert abs(np.argmax(spectrum) * 16000 / len(wav) - 440) < 2
+
+
+def test_load_audio_averages_different_channels(tmp_path):
+  """Stereo with two different channels (a tone left, another tone right) becomes their
+  mean, sample by sample; three channels too."""
+  t = np.arange(16000) / 16000
+  channels = np.stack([0.5 * np.sin(2 * np.pi * 440 * t), 0.25 * np.sin(2 * np.pi * 1000 * t),
+                       0.1 * np.cos(2 * np.pi * 3000 * t)], axis=1).astype(np.float32)
+  for n in (2, 3):
+    path = str(tmp_path / f"ch{n}.wav")
+    sf.write(path, channels[:, :n], 16000, subtype="FLOAT")
+    wav = audio.load_audio(path)
+    assert wav.shape == (16000,)
+    np.testing.assert_allclose(wav, channels[:, :n].mean(axis=1), atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_load_audio_rejects_non_finite_samples(tmp_path, bad):
+  wav = np.zeros((1600, 2), np.float32)
+  wav[100, 1] = bad
+  path = str(tmp_path / "broken_take.wav")
+  sf.write(path, wav, 8000, subtype="FLOAT")  # 8 kHz: checked before resampling
+  with pytest.raises(audio.AudioError, match=r"broken_take\.wav: .*NaN or Inf"):
+    audio.load_audio(path)
 
 
 def test_load_audio_errors_name_the_file(tmp_path):

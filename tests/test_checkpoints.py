@@ -1,6 +1,7 @@
 """lalmjax.checkpoints: safetensors reading, sharded indices, prefixes and error paths."""
 
 import json
+import re
 import os
 
 import jax
@@ -132,3 +133,77 @@ def test_load_into_shardings_on_a_mesh(tmp_path):
   # Sharded matmuls sum in another order: equal to float32 rounding.
   np.testing.assert_allclose(np.asarray(module.apply({"params": params}, MEL)),
                              _encoder_out(tmp_path), atol=1e-5)
+
+
+def _sharded(tmp_path):
+  """A tiny Whisper saved in several shards: (folder, index dict)."""
+  model = save_tiny_whisper(tmp_path / "single", positions=100)
+  model.save_pretrained(str(tmp_path / "sharded"), max_shard_size="40KB")
+  index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+  return tmp_path / "sharded", index
+
+
+def test_index_listing_tensors_missing_from_their_shards(tmp_path):
+  folder, index = _sharded(tmp_path)
+  index_file = folder / "model.safetensors.index.json"
+  shards = sorted(set(index["weight_map"].values()))
+  # A tensor no shard holds.
+  broken = {**index, "weight_map": {**index["weight_map"],
+                                    "model.encoder.extra.weight": shards[0]}}
+  index_file.write_text(json.dumps(broken))
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"index\.json: 1 tensor\(s\) listed but not found in their shards: "
+                     rf"'model\.encoder\.extra\.weight' \(in {shards[0]}\)"):
+    checkpoints.load_whisper_encoder(str(folder))
+  # A tensor that exists, but not in the shard the index names.
+  name, shard = next((n, s) for n, s in index["weight_map"].items() if s != shards[0])
+  broken = {**index, "weight_map": {**index["weight_map"], name: shards[0]}}
+  index_file.write_text(json.dumps(broken))
+  with pytest.raises(checkpoints.CheckpointError, match=rf"'{re.escape(name)}' \(in {shards[0]}\)"):
+    checkpoints.load_whisper_encoder(str(folder))
+
+
+def test_missing_shard_file_is_named(tmp_path):
+  folder, index = _sharded(tmp_path)
+  shard = sorted(set(index["weight_map"].values()))[-1]
+  os.remove(folder / shard)
+  with pytest.raises(checkpoints.CheckpointError, match=rf"{shard}: shard file missing"):
+    checkpoints.load_whisper_encoder(str(folder))
+
+
+def _write_safetensors(path, header: dict, data: bytes):
+  """A safetensors file from a raw header: 8-byte length, JSON, buffers."""
+  raw = json.dumps(header).encode()
+  path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+
+
+@pytest.mark.parametrize("entry,message", [
+    ({"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]},
+     r"unsupported dtype 'F8_E4M3'"),
+    ({"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}, r"unsupported dtype 'C64'"),
+    ({"shape": [2], "data_offsets": [0, 8]}, r"unsupported dtype None"),
+    ({"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}, r"bad data_offsets \[8, 0\]"),
+    ({"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}, r"bad data_offsets \[-8, 0\]"),
+    ({"dtype": "F32", "shape": [2], "data_offsets": [0]}, r"bad data_offsets \[0\]"),
+    ({"dtype": "F32", "shape": [2], "data_offsets": ["0", "8"]}, r"bad data_offsets"),
+    ({"dtype": "F32", "shape": [2]}, r"bad data_offsets None"),
+    ({"dtype": "F32", "shape": [2], "data_offsets": [0, 12]},
+     r"data_offsets \[0, 12\] \(12 bytes\), but F32\[2\] needs 8"),
+    ({"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}, r"bad shape \[-2\]"),
+    ({"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+     r"truncated, tensor 'w' ends at byte"),
+], ids=["f8", "c64", "no_dtype", "reversed", "negative", "one_offset", "strings",
+        "no_offsets", "wrong_size", "bad_shape", "past_the_end"])
+def test_bad_safetensors_header_names_file_and_tensor(tmp_path, entry, message):
+  """Header problems are found when the file is opened, before any tensor is read, and
+  the error names the file and the tensor."""
+  path = tmp_path / "model.safetensors"
+  _write_safetensors(path, {"__metadata__": {"format": "pt"}, "w": entry},
+                     np.arange(2, dtype=np.float32).tobytes())
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"model\.safetensors: (tensor 'w' .*)?" + message):
+    checkpoints.SafetensorsReader(str(tmp_path))
+  # A well-formed header over the same bytes reads fine.
+  _write_safetensors(path, {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+                     np.arange(2, dtype=np.float32).tobytes())
+  np.testing.assert_array_equal(checkpoints.SafetensorsReader(str(path)).get("w"), [0, 1])

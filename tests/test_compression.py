@@ -284,6 +284,47 @@ def test_unseg_smoothing_keeps_isolated_peaks():
   np.testing.assert_array_equal(np.asarray(ids)[0], np.repeat(np.arange(6), lengths))
 
 
+def _unseg_ids(rows, k, smooth=1):
+  """Runs unseg on rows of (valid frames float[n, D], positions of the n valid frames):
+  ids of the valid frames, in order, per row."""
+  x = np.random.default_rng(7).standard_normal((B, T, D)).astype(np.float32)  # padding junk
+  mask = np.zeros((B, T), bool)
+  for b, (v, positions) in enumerate(rows):
+    x[b, positions], mask[b, positions] = v, True
+  fn = _jit_assign if smooth == 1 else _jit_assign_smooth3
+  ids, _ = fn(jnp.asarray(x), jnp.asarray(mask), method="unseg", factor=k)
+  return [np.asarray(ids)[b, positions] for b, (_, positions) in enumerate(rows)]
+
+
+def _ids_of_groups(groups):
+  return np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)])
+
+
+@pytest.mark.parametrize("smooth", [1, 3])
+def test_unseg_ties_go_to_the_earlier_frame(smooth):
+  """Equal scores cut at the smaller j (rule 3), on rows of 8 valid frames, k = 3 (two
+  cuts), where the ties are exact:
+
+  - silence (an all-zero row): cos = 0 / max(0, 1e-8), so d = 1 everywhere and the cuts
+    are the first two positions;
+  - repeated frames A A B B A A B B (A, B orthogonal): d is 1 at every change and 0
+    inside runs, so the two earlier changes are cut (with smooth=3 the scores form a
+    plateau of equal 0.5s, cut at its start);
+  - A A A A B B B B, its valid frames in holes of the row: the one change, then the
+    earliest of the tied zeros (with smooth=3, the earlier of the two 0.25 shoulders).
+  """
+  a, b = np.eye(D, dtype=np.float32)[:2]
+  rows = [(np.zeros((8, D), np.float32), np.arange(8)),
+          (np.stack([a, a, b, b, a, a, b, b]), np.arange(3, 11)),
+          (np.stack([a] * 4 + [b] * 4), np.array([0, 2, 5, 6, 11, 15, 16, 23]))]
+  want = {1: [[0, 1, 2, 2, 2, 2, 2, 2], [0, 0, 1, 1, 2, 2, 2, 2], [0, 1, 1, 1, 2, 2, 2, 2]],
+          3: [[0, 1, 2, 2, 2, 2, 2, 2], [0, 0, 1, 2, 2, 2, 2, 2], [0, 0, 0, 1, 2, 2, 2, 2]]}
+  got = _unseg_ids(rows, 3, smooth)
+  for r, (v, _) in enumerate(rows):
+    np.testing.assert_array_equal(got[r], want[smooth][r], err_msg=f"row {r}")
+    np.testing.assert_array_equal(got[r], _ids_of_groups(ref_unseg_groups(v, 3, smooth)))
+
+
 def test_unseg_short_rows():
   x = random_x(3)
   mask = np.arange(T)[None, :] < np.array([[1], [2], [5]])
@@ -323,6 +364,20 @@ def test_bad_arguments(kwargs, match):
   x, mask = random_x(0), np.ones((B, T), bool)
   with pytest.raises(ValueError, match=match):
     compress(x, mask, **kwargs)
+
+
+def test_options_are_validated_without_data():
+  """validate_options checks names and values with no array in sight (configs call it
+  when they are built)."""
+  assert compression.validate_options("unseg", smooth=3).name == "unseg"
+  assert compression.validate_options("uniavg").name == "uniavg"
+  for smooth in (0, 2, 3.0, True, "3"):
+    with pytest.raises(ValueError, match="unseg: smooth must be an odd int >= 1"):
+      compression.validate_options("unseg", smooth=smooth)
+  with pytest.raises(ValueError, match=r"'stack' got unknown option\(s\) \['smooth'\]"):
+    compression.validate_options("stack", smooth=3)
+  with pytest.raises(ValueError, match="unknown compression method 'avg'"):
+    compression.validate_options("avg")
 
 
 def test_unknown_method_lists_every_registered_name():

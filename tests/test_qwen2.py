@@ -211,6 +211,37 @@ def test_bare_qwen2model(tmp_path):
     checkpoints.load_qwen2(str(tmp_path / "untied"))
 
 
+@pytest.mark.parametrize("stored_head", ["equal", "different"])
+def test_tied_config_with_a_stored_lm_head(ckpt, tmp_path, caplog, stored_head):
+  """config.json ties the head, the checkpoint still stores lm_head.weight. Loading does
+  what transformers does: a head equal to the embedding is ignored (the model stays
+  tied, nothing to report); a different one is used, untied, with a warning. Either way
+  the logits are transformers' for the same folder."""
+  model = make_hf("gqa2_untied", seed=2)
+  if stored_head == "equal":
+    with torch.no_grad():
+      model.lm_head.weight.copy_(model.model.embed_tokens.weight)
+  model.save_pretrained(tmp_path)
+  assert "lm_head.weight" in load_file(str(tmp_path / "model.safetensors"))
+  config = json.loads((tmp_path / "config.json").read_text())
+  config["tie_word_embeddings"] = True
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  with caplog.at_level("WARNING", logger="lalmjax.checkpoints"):
+    module, params = checkpoints.load_qwen2(str(tmp_path))
+  warned = [r.getMessage() for r in caplog.records if "lm_head.weight" in r.getMessage()]
+  if stored_head == "equal":
+    assert module.config.tie_word_embeddings and "lm_head" not in params and not warned
+  else:
+    assert not module.config.tie_word_embeddings and "lm_head" in params
+    assert len(warned) == 1 and "differs from the embedding" in warned[0]
+  reference = Qwen2ForCausalLM.from_pretrained(str(tmp_path)).eval()
+  ids, mask = batch("left")
+  err, tol = parity_error(forward(module, params, ids, mask), hf_logits(reference, ids, mask),
+                          mask)
+  print(f"\ntied config, {stored_head} stored head: parity {err:.3e} (allowed {tol:.3e})")
+  assert err <= tol
+
+
 def _copy(src, dst):
   shutil.copytree(src, dst)
   return dst
@@ -342,10 +373,10 @@ def test_greedy_matches_hf_generate(ckpt):
   np.testing.assert_array_equal(out_right.tokens, out.tokens)
 
   # max_new_tokens is an array: a new limit reuses the compiled loop.
-  compiled = qwen2.greedy_generate._cache_size()
+  compiled = qwen2._greedy_generate._cache_size()
   short = qwen2.greedy_generate(module, {"params": params}, ids, mask, jnp.int32(5), never,
                                 buffer_size=24)
-  assert qwen2.greedy_generate._cache_size() == compiled
+  assert qwen2._greedy_generate._cache_size() == compiled
   np.testing.assert_array_equal(short.tokens[:, :5], ref[:, :5])
   assert (np.asarray(short.tokens)[:, 5:] == 0).all()
   np.testing.assert_array_equal(short.lengths, [5, 5, 5])
@@ -376,6 +407,64 @@ def test_greedy_per_row_eos(ckpt):
     hits = np.flatnonzero(free[row] == eos)
     expected = hits[0] + 1 if hits.size else 20
     assert out.lengths[row] == expected
+
+
+def test_greedy_zero_new_tokens(ckpt):
+  _, _, module, params = ckpt("gqa2_untied")
+  ids, mask = batch("left", s=10)
+  out = qwen2.greedy_generate(module, {"params": params}, ids, mask, jnp.int32(0),
+                              jnp.array([-1]), buffer_size=24, pad_id=7)
+  np.testing.assert_array_equal(out.lengths, [0, 0, 0])
+  assert (np.asarray(out.tokens) == 7).all()
+
+
+def test_greedy_eos_as_first_token_and_several_eos_ids(ckpt):
+  """A row whose first token is an EOS stops at length 1 while the others go on; with
+  several EOS ids a row stops at whichever comes first. Token for token as HF generate."""
+  _, model, module, params = ckpt("gqa2_untied")
+  ids, mask = batch("left", s=10)
+  free = hf_generate(model, ids, mask, 20)
+  other = next(int(t) for t in free[2, 5:] if t != free[1, 3])
+  cases = {"row 0's first token": [int(free[0, 0])], "two ids": [int(free[1, 3]), other]}
+  for name, eos in cases.items():
+    ref = hf_generate(model, ids, mask, 20, eos=eos, pad=0)
+    out = qwen2.greedy_generate(module, {"params": params}, ids, mask, jnp.int32(20),
+                                jnp.array(eos + [-1] * (2 - len(eos))), buffer_size=24)
+    tokens = np.asarray(out.tokens)
+    np.testing.assert_array_equal(tokens[:, :ref.shape[1]], ref, err_msg=name)
+    assert (tokens[:, ref.shape[1]:] == 0).all(), name
+    hits = [np.flatnonzero(np.isin(free[r], eos)) for r in range(3)]
+    expected = [h[0] + 1 if h.size else 20 for h in hits]
+    np.testing.assert_array_equal(out.lengths, expected, err_msg=name)
+    print(f"\neos {eos} ({name}): lengths {np.asarray(out.lengths).tolist()}")
+    if name == "row 0's first token":
+      assert expected[0] == 1 and max(expected) > 1
+
+
+def test_greedy_request_longer_than_the_buffer_fails_before_tracing(ckpt):
+  _, _, module, params = ckpt("gqa2_untied")
+  ids, mask = batch("left", s=10)
+  compiled = qwen2._greedy_generate._cache_size()
+  for limit in (25, np.int64(25), jnp.int32(25), np.array(100)):
+    with pytest.raises(ValueError, match=r"max_new_tokens=\d+ does not fit the output "
+                                         r"buffer: it must be in \[0, buffer_size=24\]"):
+      qwen2.greedy_generate(module, {"params": params}, ids, mask, limit, jnp.array([-1]),
+                            buffer_size=24)
+  with pytest.raises(ValueError, match=r"max_new_tokens=-1"):
+    qwen2.greedy_generate(module, {"params": params}, ids, mask, -1, jnp.array([-1]),
+                          buffer_size=24)
+  with pytest.raises(ValueError, match="max_new_tokens must be a scalar int"):
+    qwen2.greedy_generate(module, {"params": params}, ids, mask, 2.5, jnp.array([-1]),
+                          buffer_size=24)
+  with pytest.raises(ValueError, match="buffer_size must be a static int >= 1"):
+    qwen2.greedy_generate(module, {"params": params}, ids, mask, 0, jnp.array([-1]),
+                          buffer_size=0)
+  # The context: 10 prompt slots + 119 new ones > max_position_embeddings = 128.
+  with pytest.raises(ValueError, match=r"prompt length 10 \+ buffer_size 119 = 129 positions, "
+                                       r"more than the model's max_position_embeddings=128"):
+    qwen2.greedy_generate(module, {"params": params}, ids, mask, 5, jnp.array([-1]),
+                          buffer_size=119)
+  assert qwen2._greedy_generate._cache_size() == compiled  # nothing was traced
 
 
 # ---------------------------------------------------------------------------------------

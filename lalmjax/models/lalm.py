@@ -17,7 +17,7 @@ the projector and the LoRA adapters, with the encoder and the LLM frozen.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -42,7 +42,8 @@ class LALMConfig:
     lora: adapters on the LLM, or None for none.
     method: compression method, a name registered in `lalmjax.compression`.
     factor: compression factor k >= 1 (1 = frame level).
-    method_options: extra keyword options of the method, as (name, value) pairs.
+    method_options: extra keyword options of the method, as (name, value) pairs (a
+      dict is accepted); checked against the method when the config is built.
     projector: "linear" or "mlp".
     projector_hidden: hidden width of the mlp projector (0 = LLM width).
   """
@@ -58,7 +59,10 @@ class LALMConfig:
   projector_hidden: int = 0
 
   def __post_init__(self):
-    object.__setattr__(self, "method_options", tuple(tuple(o) for o in self.method_options))
+    options = self.method_options
+    if isinstance(options, Mapping):  # a dict (e.g. from a config file) becomes pairs
+      options = sorted(options.items())
+    object.__setattr__(self, "method_options", tuple(tuple(o) for o in options))
     self.validate()
 
   def validate(self):
@@ -67,6 +71,13 @@ class LALMConfig:
                        f"{list(compression.registered_methods())}")
     if not isinstance(self.factor, int) or self.factor < 1:
       raise ValueError(f"LALMConfig.factor={self.factor!r}: expected an int >= 1")
+    if any(len(o) != 2 or not isinstance(o[0], str) for o in self.method_options):
+      raise ValueError(f"LALMConfig.method_options={self.method_options!r}: expected "
+                       "(name, value) pairs")
+    try:  # names and values now, not when the encoder output is first traced
+      compression.validate_options(self.method, **dict(self.method_options))
+    except ValueError as e:
+      raise ValueError(f"LALMConfig.method_options={self.method_options!r}: {e}") from None
     if self.projector not in PROJECTOR_KINDS:
       raise ValueError(f"LALMConfig.projector={self.projector!r}: expected one of "
                        f"{list(PROJECTOR_KINDS)}")
@@ -148,19 +159,27 @@ class LALM(nn.Module):
     self.projector = Projector(cfg.projector, cfg.llm.hidden_size, cfg.projector_hidden)
     self.llm = Qwen2(cfg.llm, dtype=self.dtype, param_dtype=self.param_dtype, lora=cfg.lora)
 
-  def encode_audio(self, mel: jax.Array, num_frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def encode_audio(self, mel: jax.Array | None, num_frames: jax.Array, *,
+                   frames: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Audio tokens in the LLM's embedding space.
 
     Args:
-      mel: float32[B, M, F] log-mel features.
+      mel: float32[B, M, F] log-mel features, or None when `frames` is given.
       num_frames: int32[B] valid encoder frames per row (`num_encoder_frames`).
+      frames: float[B, T, E] precomputed encoder frames (a feature cache, with the
+        encoder frozen) instead of `mel`; T may be shorter than the window.
 
     Returns:
       (float32[B, A, D] audio tokens, bool[B, A] which are real); row b has
       ceil(num_frames[b] / k) real tokens, packed at the front.
     """
     cfg = self.config
-    frames = self.encoder(mel)  # [B, T, E]
+    if (mel is None) == (frames is None):
+      raise ValueError("LALM.encode_audio: pass exactly one of mel and frames")
+    if frames is None:
+      frames = self.encoder(mel)  # [B, T, E]
+    else:
+      frames = jax.lax.stop_gradient(jnp.asarray(frames, jnp.float32))
     mask = jnp.arange(frames.shape[1])[None, :] < jnp.asarray(num_frames)[:, None]
     tokens, token_mask = compression.compress(frames, mask, cfg.method, cfg.factor,
                                               **dict(cfg.method_options))
@@ -174,11 +193,11 @@ class LALM(nn.Module):
     return splice_audio(text, input_ids, self.config.audio_token_id, audio_tokens)
 
   def logits_and_audio_mask(self, mel, num_frames, input_ids, attention_mask=None, *,
-                            deterministic: bool = True):
+                            frames=None, deterministic: bool = True):
     """Teacher-forced logits, and which audio-token slots are real.
 
     Args:
-      mel: float32[B, M, F].
+      mel: float32[B, M, F], or None with `frames` (cached encoder frames [B, T, E]).
       num_frames: int32[B] valid encoder frames.
       input_ids: int32[B, S] prompts holding ceil(num_frames / k) placeholders per row.
       attention_mask: bool[B, S] real tokens.
@@ -187,17 +206,27 @@ class LALM(nn.Module):
     Returns:
       (float32[B, S, V] logits, bool[B, A] real audio tokens).
     """
-    audio_tokens, token_mask = self.encode_audio(mel, num_frames)
+    audio_tokens, token_mask = self.encode_audio(mel, num_frames, frames=frames)
     embeds = self.embed_inputs(input_ids, audio_tokens)
     logits = self.llm(attention_mask=attention_mask, inputs_embeds=embeds,
                       deterministic=deterministic)
     return logits, token_mask
 
-  def __call__(self, mel, num_frames, input_ids, attention_mask=None, *,
+  def hidden_and_audio_mask(self, mel, num_frames, input_ids, attention_mask=None, *,
+                            frames=None, deterministic: bool = True):
+    """As `logits_and_audio_mask`, but the LLM's final-norm hidden states [B, S, D]
+    instead of logits (for a chunked cross-entropy that never builds [B, S, V])."""
+    audio_tokens, token_mask = self.encode_audio(mel, num_frames, frames=frames)
+    embeds = self.embed_inputs(input_ids, audio_tokens)
+    hidden, _ = self.llm.hidden(attention_mask=attention_mask, inputs_embeds=embeds,
+                                deterministic=deterministic)
+    return hidden, token_mask
+
+  def __call__(self, mel, num_frames, input_ids, attention_mask=None, *, frames=None,
                deterministic: bool = True):
     """float32[B, S, V] teacher-forced logits; arguments as `logits_and_audio_mask`."""
     return self.logits_and_audio_mask(mel, num_frames, input_ids, attention_mask,
-                                      deterministic=deterministic)[0]
+                                      frames=frames, deterministic=deterministic)[0]
 
 
 def dummy_inputs(config: LALMConfig, batch: int = 1, length: int = 8):
@@ -234,26 +263,48 @@ def next_token_loss(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Arra
   return jnp.sum((logz - target_logit) * weight), jnp.sum(weight)
 
 
-def lalm_loss(module: LALM, variables: dict, batch: dict, rngs=None):
+def lm_head(config: LALMConfig, variables: Mapping) -> tuple[jax.Array, str]:
+  """The LLM's output projection and its layout: ([D, V], "dv") or tied ([V, D], "vd")."""
+  llm = variables["params"]["llm"]
+  if config.llm.tie_word_embeddings:
+    return llm["embed_tokens"]["embedding"], "vd"
+  return llm["lm_head"]["kernel"], "dv"
+
+
+def lalm_loss(module: LALM, variables: dict, batch: dict, rngs=None, vocab_chunk: int = 0):
   """Loss and metrics of a batch.
 
   Args:
     module: the model.
     variables: {"params": ..., "lora": ...}.
-    batch: mel float32[B, M, F], num_frames int32[B], input_ids int32[B, S],
-      attention_mask bool[B, S], loss_mask bool[B, S].
+    batch: mel float32[B, M, F] (or frames float[B, T, E], cached encoder frames),
+      num_frames int32[B], input_ids int32[B, S], attention_mask bool[B, S],
+      loss_mask bool[B, S].
     rngs: {"dropout": key} to train with LoRA dropout; None is deterministic.
+    vocab_chunk: 0 computes the full float32[B, S, V] logits; > 0 computes the
+      cross-entropy over chunks of that many positions, never holding [B, S, V]
+      (`losses.chunked_next_token_loss`; same value and gradient).
 
   Returns:
     (mean loss, metrics dict of sums: loss_sum, num_tokens, placeholder_mismatch — the
     number of rows whose placeholder count differs from their audio-token count, which a
     correct batch keeps at 0).
   """
-  logits, token_mask = module.apply(
-      variables, batch["mel"], batch["num_frames"], batch["input_ids"],
-      batch["attention_mask"], deterministic=rngs is None, rngs=rngs,
-      method=LALM.logits_and_audio_mask)
-  loss_sum, count = next_token_loss(logits, batch["input_ids"], batch["loss_mask"])
+  args = (batch.get("mel"), batch["num_frames"], batch["input_ids"], batch["attention_mask"])
+  kwargs = dict(frames=batch.get("frames"), deterministic=rngs is None, rngs=rngs)
+  if vocab_chunk:
+    from lalmjax import losses  # local: losses imports nothing of the models
+
+    hidden, token_mask = module.apply(variables, *args, **kwargs,
+                                      method=LALM.hidden_and_audio_mask)
+    head, layout = lm_head(module.config, variables)
+    loss_sum, count = losses.chunked_next_token_loss(
+        hidden, head.astype(hidden.dtype), batch["input_ids"], batch["loss_mask"],
+        chunk_size=vocab_chunk, head_layout=layout)
+  else:
+    logits, token_mask = module.apply(variables, *args, **kwargs,
+                                      method=LALM.logits_and_audio_mask)
+    loss_sum, count = next_token_loss(logits, batch["input_ids"], batch["loss_mask"])
   placeholders = jnp.sum(batch["input_ids"] == module.config.audio_token_id, axis=1)
   mismatch = jnp.sum(placeholders != jnp.sum(token_mask, axis=1))
   metrics = {"loss_sum": loss_sum, "num_tokens": count, "placeholder_mismatch": mismatch}

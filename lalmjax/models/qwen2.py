@@ -575,25 +575,65 @@ class GenerateOutput:
   lengths: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("module", "buffer_size"))
 def greedy_generate(module: Qwen2, variables: Mapping, input_ids: jax.Array,
                     attention_mask: jax.Array, max_new_tokens: jax.Array, eos_ids: jax.Array,
                     *, buffer_size: int, pad_id: int | jax.Array = 0) -> GenerateOutput:
   """Greedy decoding of up to ``max_new_tokens`` tokens per row (left or right padding).
+
+  The request is checked before anything is traced; the loop itself is one jit
+  (``_greedy_generate``) per (module, shapes, buffer_size).
 
   Args:
     module: the Qwen2 module (static).
     variables: {"params": ..., ["lora": ...]}.
     input_ids: int32[B, S] prompts.
     attention_mask: [B, S], 1 for real prompt tokens.
-    max_new_tokens: int32[], an array so that changing it does not recompile (clipped to
-      ``buffer_size``).
+    max_new_tokens: int32[], an array so that changing it does not recompile; at most
+      ``buffer_size``. (Only a traced value, from an outer jit, cannot be checked: it is
+      clipped to [0, buffer_size].)
     eos_ids: int32[E], tokens that end a row.
     buffer_size: M, static size of the output buffer (and of the cache beyond the prompt).
     pad_id: written after a row's EOS.
   Returns:
     GenerateOutput.
+  Raises:
+    ValueError when ``max_new_tokens`` is negative or more than ``buffer_size``, or the
+    prompt plus ``buffer_size`` is longer than ``max_position_embeddings``.
   """
+  _check_generate_request(module.config, np.shape(input_ids), max_new_tokens, buffer_size)
+  return _greedy_generate(module, variables, input_ids, attention_mask, max_new_tokens,
+                          eos_ids, buffer_size=buffer_size, pad_id=pad_id)
+
+
+def _check_generate_request(config: Qwen2Config, prompt_shape, max_new_tokens,
+                            buffer_size) -> None:
+  """Raises ValueError for a request the output buffer or the context cannot hold."""
+  if isinstance(buffer_size, bool) or not isinstance(buffer_size, (int, np.integer)) \
+      or buffer_size < 1:
+    raise ValueError(f"greedy_generate: buffer_size must be a static int >= 1, "
+                     f"got {buffer_size!r}")
+  if len(prompt_shape) != 2:
+    raise ValueError(f"greedy_generate: input_ids must be [B, S], got shape {prompt_shape}")
+  if not isinstance(max_new_tokens, jax.core.Tracer):
+    limit = np.asarray(max_new_tokens)
+    if limit.shape != () or not np.issubdtype(limit.dtype, np.integer):
+      raise ValueError(f"greedy_generate: max_new_tokens must be a scalar int, got "
+                       f"{max_new_tokens!r}")
+    if not 0 <= int(limit) <= buffer_size:
+      raise ValueError(f"greedy_generate: max_new_tokens={int(limit)} does not fit the "
+                       f"output buffer: it must be in [0, buffer_size={buffer_size}]")
+  total = prompt_shape[1] + buffer_size
+  if total > config.max_position_embeddings:
+    raise ValueError(f"greedy_generate: prompt length {prompt_shape[1]} + buffer_size "
+                     f"{buffer_size} = {total} positions, more than the model's "
+                     f"max_position_embeddings={config.max_position_embeddings}")
+
+
+@functools.partial(jax.jit, static_argnames=("module", "buffer_size"))
+def _greedy_generate(module: Qwen2, variables: Mapping, input_ids: jax.Array,
+                     attention_mask: jax.Array, max_new_tokens: jax.Array, eos_ids: jax.Array,
+                     *, buffer_size: int, pad_id: int | jax.Array = 0) -> GenerateOutput:
+  """The jitted loop of ``greedy_generate`` (arguments as there, unchecked)."""
   b, s = input_ids.shape
   attention_mask = attention_mask.astype(bool)
   eos_ids = jnp.atleast_1d(jnp.asarray(eos_ids, jnp.int32))
