@@ -66,6 +66,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.method_options = ml_collections.ConfigDict()  # method keyword options, e.g. smooth=3.
   m.projector = "linear"  # audio-token projector: linear | mlp.
   m.projector_hidden = 0  # hidden width of the mlp projector (0 = LLM width).
+  m.window_overlap_seconds = 0.0  # long-form audio: seconds shared by consecutive
+  #                                 encoder windows (0 = back to back).
   m.use_lora = True  # LoRA adapters on the LLM (False: projector only).
   m.lora_rank = 16  # LoRA rank r.
   m.lora_alpha = 32.0  # LoRA alpha (scale alpha / r).
@@ -86,7 +88,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Static batch shapes: (max seconds of audio, global batch size, prompt tokens).
   d.buckets = ((10.0, 8, 256), (30.0, 4, 1024))
   d.eval_buckets = ()  # buckets for eval.py (() = the training buckets).
-  d.max_seconds = 0.0  # skip audio longer than this at load time (0 = encoder window).
+  d.max_seconds = 0.0  # skip audio longer than this at load time (0 = its bucket's
+  #                     max_seconds; audio past the encoder window is cut into windows).
+  d.max_audio_tokens = 0  # skip (and count) utterances needing more audio tokens (0 = no cap).
   d.num_threads = 2  # grain reader threads per process.
   d.num_workers = 0  # grain worker processes (0 = threads only).
   d.prefetch = 2  # batches read ahead.
@@ -206,6 +210,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
         _fail(f"data.{key}[{i}]", b, "max_length must be an int >= 2")
   if not d.buckets:
     _fail("data.buckets", d.buckets, "at least one bucket is needed")
+  window = m.encoder.max_source_positions / 50 if not m.encoder_path else 30.0
+  if not 0 <= m.window_overlap_seconds < window:
+    _fail("model.window_overlap_seconds", m.window_overlap_seconds,
+          f"expected a value in [0, {window:g}) seconds (the encoder window)")
+  if not isinstance(d.max_audio_tokens, int) or d.max_audio_tokens < 0:
+    _fail("data.max_audio_tokens", d.max_audio_tokens, "expected an int >= 0 (0 = no cap)")
   if d.max_seconds < 0:
     _fail("data.max_seconds", d.max_seconds, "expected >= 0 (0 = the encoder window)")
   if check_files:

@@ -91,7 +91,8 @@ def lalm_config(config, vocab_size: int, audio_token_id: int) -> lalm.LALMConfig
   return lalm.LALMConfig(enc, llm, audio_token_id, lora=lora_config(config),
                          method=m.method, factor=m.factor,
                          method_options=dict(m.method_options), projector=m.projector,
-                         projector_hidden=m.projector_hidden)
+                         projector_hidden=m.projector_hidden,
+                         window_overlap=int(round(m.window_overlap_seconds * 50)))
 
 
 @dataclasses.dataclass

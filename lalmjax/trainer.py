@@ -61,6 +61,7 @@ def pipeline_config(config, *, train: bool = True) -> pipeline.PipelineConfig:
       buckets=tuple(tuple(b) for b in buckets), seed=config.seed, shuffle=train,
       with_targets=train, num_threads=d.num_threads, num_workers=d.num_workers,
       prefetch=d.prefetch, max_seconds=d.max_seconds or None,
+      max_audio_tokens=d.max_audio_tokens,
       system_prompt=d.system_prompt)
 
 
@@ -93,11 +94,12 @@ def feature_cache(config, workdir: str, model: experiment.Model, utterances,
     enc_module = whisper.WhisperEncoder(enc_cfg, dtype=experiment.DTYPES[m.dtype],
                                         param_dtype=experiment.DTYPES[m.param_dtype])
     enc_params = jax.device_get(model.variables["params"]["encoder"])
-  max_seconds = min(d.max_seconds or 1e9, 2 * enc_cfg.max_source_positions / 100)
+  max_seconds = d.max_seconds or max(b[0] for b in d.buckets)
   from lalmjax import audio
 
   stats = features.fill_cache(
-      cache, mine, features.encoder_fn(enc_module, enc_params, batch_size=8),
+      cache, mine, features.encoder_fn(enc_module, enc_params, batch_size=8,
+                                       window_overlap=model.module.config.window_overlap),
       load=lambda u: audio.load_audio(u.audio, max_seconds=max_seconds),
       progress=jax.process_index() == 0)
   log.info("feature cache %s: %d encoded, %d already cached, %d skipped", cache.dir,

@@ -126,9 +126,8 @@ def fill_cache(cache: FeatureCache, utterances: Sequence, encode: Callable,
   Args:
     cache: the cache.
     utterances: objects with `.id` (manifest `Utterance`s).
-    encode: float32[B, samples] waveforms (padded to the window) + int32[B] valid
-      encoder frames -> float[B, T, E] frames (a jitted encoder; B is always
-      `batch_size`, so it compiles once).
+    encode: a list of float32[samples] waveforms -> (per utterance float[kept, E]
+      frames, int32[N] kept counts); `encoder_fn` makes one.
     load: utterance -> float32[samples] waveform, raising on unreadable audio.
     batch_size: rows per encoder call (the last call is padded).
 
@@ -150,8 +149,8 @@ def fill_cache(cache: FeatureCache, utterances: Sequence, encode: Callable,
         log.warning("feature cache: skipping %s: %s", u.id, e)
         stats["skipped"][u.id] = str(e)
     if chunk:
-      frames, valid = encode(wavs)
-      for u, f, n in zip(chunk, frames, valid):
+      frames, kept = encode(wavs)
+      for u, f, n in zip(chunk, frames, kept):
         cache.put(u.id, np.asarray(f[:int(n)]))
       stats["encoded"] += len(chunk)
     bar.update(batch_size if start + batch_size <= len(todo) else len(todo) - start)
@@ -159,22 +158,28 @@ def fill_cache(cache: FeatureCache, utterances: Sequence, encode: Callable,
   return stats
 
 
-def encoder_fn(module, params, batch_size: int) -> Callable:
-  """A batched, jitted encode for `fill_cache`: waveforms -> (frames, valid frames).
+def encoder_fn(module, params, batch_size: int, window_overlap: int = 0) -> Callable:
+  """A batched, jitted encode for `fill_cache`: waveforms -> (frames, kept frames).
+
+  Audio longer than the encoder window is cut into windows (`lalmjax.windows`), each
+  window encoded, and the kept frames joined, as the model does with windowed mel.
 
   Args:
     module: a `WhisperEncoder` (its config gives the mel bins and the window).
     params: its parameters.
-    batch_size: B per encoder call; lists are cut into B-row calls, the last padded
-      with silence, so it compiles once.
+    batch_size: windows per encoder call; the last call is padded with silence, so it
+      compiles once.
+    window_overlap: encoder frames shared by consecutive windows.
+
+  Returns:
+    encode(list of float32[samples]) -> (list of float32[kept, E], int32[N] kept counts).
   """
   import jax  # local: pipeline workers import this module without touching jax
 
-  from lalmjax import audio
-  from lalmjax.models import lalm
+  from lalmjax import audio, windows
 
   cfg = module.config
-  window = cfg.num_mel_frames * audio.HOP_LENGTH  # samples in the encoder window
+  spec = windows.WindowSpec(cfg.max_source_positions, window_overlap)
 
   @jax.jit
   def run(p, wav):
@@ -182,15 +187,25 @@ def encoder_fn(module, params, batch_size: int) -> Callable:
     return module.apply({"params": p}, mel)
 
   def encode(wavs):
+    cuts = [spec.cut(w) for w in wavs]  # each [W_i, window samples]
+    rows = np.concatenate(cuts)
     outs = []
-    for start in range(0, len(wavs), batch_size):
-      chunk = wavs[start:start + batch_size]
-      batch = np.zeros((batch_size, window), np.float32)
-      for i, w in enumerate(chunk):
-        batch[i, :min(len(w), window)] = w[:window]
+    for start in range(0, len(rows), batch_size):
+      chunk = rows[start:start + batch_size]
+      batch = np.zeros((batch_size, rows.shape[1]), np.float32)
+      batch[:len(chunk)] = chunk
       outs.append(np.asarray(jax.device_get(run(params, batch)), np.float32)[:len(chunk)])
-    valid = lalm.num_encoder_frames([len(w) for w in wavs], cfg.max_source_positions)
-    return np.concatenate(outs), valid
+    encoded = np.concatenate(outs)  # [sum W_i, T, E]
+    frames, kept, at = [], [], 0
+    for w, cut in zip(wavs, cuts):
+      per_window = encoded[at:at + len(cut)]
+      at += len(cut)
+      mask = windows.frame_mask(spec.window_frames(len(w))[None], spec.frames_per_window,
+                                spec.overlap, xp=np)[0]
+      joined = per_window.reshape(-1, per_window.shape[-1])[mask]
+      frames.append(joined)
+      kept.append(len(joined))
+    return frames, np.asarray(kept, np.int32)
 
   return encode
 

@@ -12,8 +12,10 @@ b.max_length tokens, so a training run compiles once per bucket. Its arrays:
 
     index           int32[B]         manifest position of each row (-1: empty row)
     mel             float32[B, M, F] log-mel of the encoder window     (no feature cache)
+                    float32[B, W, M, F] in buckets longer than the window (W windows)
     frames          float32[B, T, E] cached encoder frames, T = bucket frames (with one)
-    num_frames      int32[B]         valid encoder frames (0 for empty rows)
+    num_frames      int32[B]         valid encoder frames (0 for empty rows); int32[B, W]
+                                     per window with windowed mel (`lalmjax.windows`)
     input_ids       int32[B, S]      prompts (right-padded with targets, left without)
     attention_mask  bool[B, S]
     loss_mask       bool[B, S]       target tokens + EOS (all False without targets)
@@ -40,13 +42,12 @@ import grain
 import numpy as np
 
 from lalmjax import audio, compression, prompts
+from lalmjax import windows as windows_lib
 from lalmjax.data import bucketing
 from lalmjax.data.bucketing import PAD_INDEX, Bucket
-from lalmjax.models import lalm
 
 log = logging.getLogger(__name__)
 
-ENCODER_FRAME_RATE = 50  # Whisper encoder frames per second of audio.
 MODEL_KEYS = ("mel", "frames", "num_frames", "input_ids", "attention_mask", "loss_mask")
 
 
@@ -64,8 +65,10 @@ class PipelineConfig:
     num_workers: grain worker processes (0: threads in this process only). Workers
       need a real script file and, with absl, parsed flags.
     prefetch: batches read ahead per thread / worker.
-    max_seconds: audio longer than this at load time is skipped (None: the encoder
-      window).
+    max_seconds: audio longer than this at load time is skipped (None: its bucket's
+      max_seconds; audio longer than the encoder window is cut into windows).
+    max_audio_tokens: an utterance needing more audio tokens is skipped and counted
+      (0 = no cap).
     system_prompt: the chat system turn.
   """
 
@@ -77,6 +80,7 @@ class PipelineConfig:
   num_workers: int = 0
   prefetch: int = 2
   max_seconds: float | None = None
+  max_audio_tokens: int = 0
   system_prompt: str = prompts.DEFAULT_SYSTEM_PROMPT
 
   def __post_init__(self):
@@ -90,29 +94,37 @@ class PipelineConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AudioSpec:
-  """What the loader needs of the model: mel bins, window and compression factor."""
+  """What the loader needs of the model: mel bins, windows and compression factor."""
 
   num_mel_bins: int
-  max_source_positions: int  # encoder frames per window (1500 = 30 s)
+  max_source_positions: int  # T: encoder frames per window (1500 = 30 s)
   factor: int  # compression factor k
+  window_overlap: int = 0  # encoder frames shared by consecutive windows
 
   @classmethod
   def from_lalm(cls, config, factor: int | None = None) -> "AudioSpec":
     return cls(config.encoder.num_mel_bins, config.encoder.max_source_positions,
-               config.factor if factor is None else factor)
+               config.factor if factor is None else factor, config.window_overlap)
+
+  @property
+  def windows(self) -> windows_lib.WindowSpec:
+    return windows_lib.WindowSpec(self.max_source_positions, self.window_overlap)
 
   @property
   def window_samples(self) -> int:
-    return 2 * self.max_source_positions * audio.HOP_LENGTH
+    return self.windows.window_samples
 
   @property
   def window_seconds(self) -> float:
-    return self.window_samples / audio.SAMPLE_RATE
+    return self.windows.window_seconds
+
+  def bucket_windows(self, bucket: Bucket) -> int:
+    """W of a bucket: windows of its longest utterance (1 up to the encoder window)."""
+    return self.windows.max_windows(bucket.max_seconds)
 
   def bucket_frames(self, bucket: Bucket) -> int:
-    """T of a bucket's cached-frame arrays: its longest utterance, capped at the window."""
-    return min(self.max_source_positions,
-               math.ceil(bucket.max_seconds * ENCODER_FRAME_RATE))
+    """T of a bucket's cached-frame arrays: the kept frames of its longest utterance."""
+    return self.windows.kept_frames(int(math.ceil(bucket.max_seconds * audio.SAMPLE_RATE)))
 
 
 class _StepSource:
@@ -161,9 +173,12 @@ class BatchLoader(grain.transforms.Map):
     return self._builder
 
   def _load_row(self, utt, bucket: Bucket):
-    """(audio array, valid encoder frames, seconds, prompt) of one utterance."""
-    max_seconds = min(self.config.max_seconds or self.spec.window_seconds,
-                      self.spec.window_seconds)
+    """(audio array, encoder frames, seconds, prompt) of one utterance.
+
+    The audio array is the waveform (or the cached frames); encoder frames are the
+    valid frames per window, int32[W] (or the kept count, with cached frames).
+    """
+    max_seconds = min(self.config.max_seconds or bucket.max_seconds, bucket.max_seconds)
     if self.feature_cache is not None:
       frames = self.feature_cache.get(utt.id)
       if frames is None:
@@ -172,14 +187,18 @@ class BatchLoader(grain.transforms.Map):
       if frames.shape[0] > t:
         raise ValueError(f"{utt.id}: {frames.shape[0]} cached frames, more than the "
                          f"bucket's {t}")
-      data, num_frames = frames, frames.shape[0]
+      data, num_frames, kept = frames, frames.shape[0], frames.shape[0]
       seconds = float(utt.duration)
     else:
       wav = audio.load_audio(utt.audio, max_seconds=max_seconds)
       data = wav
-      num_frames = int(lalm.num_encoder_frames(len(wav), self.spec.max_source_positions))
+      num_frames = self.spec.windows.window_frames(len(wav), self.spec.bucket_windows(bucket))
+      kept = self.spec.windows.kept_frames(len(wav))
       seconds = len(wav) / audio.SAMPLE_RATE
-    n_audio = int(compression.num_output_tokens(num_frames, self.spec.factor))
+    n_audio = int(compression.num_output_tokens(kept, self.spec.factor))
+    if self.config.max_audio_tokens and n_audio > self.config.max_audio_tokens:
+      raise ValueError(f"{utt.id}: {n_audio} audio tokens, more than max_audio_tokens="
+                       f"{self.config.max_audio_tokens}")
     target = utt.target() if self.config.with_targets else None
     prompt = self.builder.encode(utt.task, n_audio, target,
                                  prompts.language_name(utt.source_lang),
@@ -206,7 +225,8 @@ class BatchLoader(grain.transforms.Map):
       if loaded is None:
         datas.append(None)
         prompts_.append(empty)
-        num_frames.append(0)
+        num_frames.append(0 if self.feature_cache is not None
+                          else np.zeros(self.spec.bucket_windows(bucket), np.int32))
         seconds.append(0.0)
         index.append(PAD_INDEX)
       else:
@@ -228,12 +248,17 @@ class BatchLoader(grain.transforms.Map):
           frames[i, :len(f)] = f
       batch["frames"] = frames
     else:
-      wav = np.zeros((b, self.spec.window_samples), np.float32)
+      w_all = self.spec.bucket_windows(bucket)
+      wav = np.zeros((b, w_all, self.spec.window_samples), np.float32)
       for i, w in enumerate(datas):
         if w is not None:
-          wav[i, :len(w)] = w
-      mel = audio.log_mel_spectrogram_np(wav, self.spec.num_mel_bins)
-      batch["mel"] = mel[:, :, :2 * self.spec.max_source_positions]
+          wav[i] = self.spec.windows.cut(w, w_all)
+      mel = audio.log_mel_spectrogram_np(wav.reshape(b * w_all, -1), self.spec.num_mel_bins)
+      mel = mel[:, :, :2 * self.spec.max_source_positions]
+      # One window: [B, M, F] and num_frames [B]; long-form buckets: [B, W, M, F], [B, W].
+      batch["mel"] = mel if w_all == 1 else mel.reshape((b, w_all) + mel.shape[1:])
+      num_frames = np.stack(num_frames)
+      num_frames = num_frames[:, 0] if w_all == 1 else num_frames
     batch.update(
         index=np.asarray(index, np.int32),
         num_frames=np.asarray(num_frames, np.int32),

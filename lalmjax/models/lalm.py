@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lalmjax import audio, compression
+from lalmjax import audio, compression, windows
 from lalmjax.models.lora import LoraConfig
 from lalmjax.models.projector import PROJECTOR_KINDS, Projector
 from lalmjax.models.qwen2 import Qwen2, Qwen2Config
@@ -46,6 +46,8 @@ class LALMConfig:
       dict is accepted); checked against the method when the config is built.
     projector: "linear" or "mlp".
     projector_hidden: hidden width of the mlp projector (0 = LLM width).
+    window_overlap: encoder frames shared by consecutive windows of long-form audio
+      (`lalmjax.windows`); 0 = windows back to back.
   """
 
   encoder: WhisperEncoderConfig
@@ -57,6 +59,7 @@ class LALMConfig:
   method_options: tuple[tuple[str, Any], ...] = ()
   projector: str = "linear"
   projector_hidden: int = 0
+  window_overlap: int = 0
 
   def __post_init__(self):
     options = self.method_options
@@ -104,10 +107,23 @@ def num_encoder_frames(num_samples, frames_per_window: int = 1500):
   return (-(-mel // 2)).astype(np.int32)
 
 
+def window_spec(config: LALMConfig) -> windows.WindowSpec:
+  """How this model cuts audio longer than its encoder window."""
+  return windows.WindowSpec(config.encoder.max_source_positions, config.window_overlap)
+
+
+def num_kept_frames(config: LALMConfig, num_samples):
+  """Encoder frames compression sees per utterance (long audio: its joined windows)."""
+  spec = window_spec(config)
+  n = np.asarray(num_samples)
+  out = np.asarray([spec.kept_frames(int(x)) for x in n.reshape(-1)], np.int32)
+  return int(out[0]) if n.ndim == 0 else out.reshape(n.shape)
+
+
 def num_audio_tokens(config: LALMConfig, num_samples):
-  """Audio placeholders the prompt needs per utterance: ceil(valid frames / k)."""
-  frames = num_encoder_frames(num_samples, config.encoder.max_source_positions)
-  return compression.num_output_tokens(frames, config.factor)
+  """Audio placeholders the prompt needs per utterance: ceil(kept frames / k) — for
+  audio within one window, ceil(valid frames / k)."""
+  return compression.num_output_tokens(num_kept_frames(config, num_samples), config.factor)
 
 
 def llm_tokens_per_second(config: LALMConfig) -> float:
@@ -164,8 +180,10 @@ class LALM(nn.Module):
     """Audio tokens in the LLM's embedding space.
 
     Args:
-      mel: float32[B, M, F] log-mel features, or None when `frames` is given.
-      num_frames: int32[B] valid encoder frames per row (`num_encoder_frames`).
+      mel: float32[B, M, F] log-mel features, or float32[B, W, M, F] for audio longer
+        than one window (`lalmjax.windows`), or None when `frames` is given.
+      num_frames: int32[B] valid encoder frames per row (`num_encoder_frames`), or
+        int32[B, W] valid frames per window with windowed mel.
       frames: float[B, T, E] precomputed encoder frames (a feature cache, with the
         encoder frozen) instead of `mel`; T may be shorter than the window.
 
@@ -176,11 +194,19 @@ class LALM(nn.Module):
     cfg = self.config
     if (mel is None) == (frames is None):
       raise ValueError("LALM.encode_audio: pass exactly one of mel and frames")
-    if frames is None:
-      frames = self.encoder(mel)  # [B, T, E]
-    else:
+    num_frames = jnp.asarray(num_frames)
+    if frames is not None:
       frames = jax.lax.stop_gradient(jnp.asarray(frames, jnp.float32))
-    mask = jnp.arange(frames.shape[1])[None, :] < jnp.asarray(num_frames)[:, None]
+      mask = jnp.arange(frames.shape[1])[None, :] < num_frames[:, None]
+    elif mel.ndim == 4:  # long-form: [B, W, M, F] windows, num_frames [B, W]
+      b, w = mel.shape[:2]
+      frames = self.encoder(mel.reshape((b * w,) + mel.shape[2:]))  # [B*W, T, E]
+      t = frames.shape[1]
+      frames = frames.reshape(b, w * t, frames.shape[-1])  # [B, W*T, E], windows in order
+      mask = windows.frame_mask(num_frames, t, cfg.window_overlap)
+    else:
+      frames = self.encoder(mel)  # [B, T, E]
+      mask = jnp.arange(frames.shape[1])[None, :] < num_frames[:, None]
     tokens, token_mask = compression.compress(frames, mask, cfg.method, cfg.factor,
                                               **dict(cfg.method_options))
     tokens = nn.with_logical_constraint(
