@@ -31,6 +31,8 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
+from lalmjax import hf_names
+
 log = logging.getLogger(__name__)
 
 _ST_DTYPES = {
@@ -181,33 +183,12 @@ def read_config(path: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
-# Flax path <-> HF name.
+# Flax path <-> HF name: the generic rule lives in hf_names (the models use it too).
 
-Transform = Callable[[np.ndarray], np.ndarray]
-
-
-def _transpose(x: np.ndarray) -> np.ndarray:
-  return np.transpose(x)
-
-
-def conv1d_from_torch(x: np.ndarray) -> np.ndarray:
-  """torch Conv1d weight [out, in, k] -> flax Conv kernel [k, in, out]."""
-  return np.transpose(x, (2, 1, 0))
-
-
-def default_hf_name(path: tuple[str, ...]) -> tuple[str, Transform | None]:
-  """The generic Flax-path -> HF-name rule, and the transform to apply to the HF tensor.
-
-  ``("layers_3", "self_attn", "q_proj", "kernel")`` -> ``"layers.3.self_attn.q_proj.weight"``
-  with a transpose ([out, in] in torch, [in, out] in Flax).
-  """
-  parts = [re.sub(r"^(\w+?)_(\d+)$", r"\1.\2", p) for p in path[:-1]]
-  leaf = path[-1]
-  if leaf == "kernel":
-    return ".".join(parts + ["weight"]), _transpose
-  if leaf in ("scale", "embedding", "weight"):
-    return ".".join(parts + ["weight"]), None
-  return ".".join(parts + [leaf]), None
+Transform = hf_names.Transform
+_transpose = hf_names._transpose  # pylint: disable=protected-access
+conv1d_from_torch = hf_names.conv1d_from_torch
+default_hf_name = hf_names.default_hf_name
 
 
 def load_params(

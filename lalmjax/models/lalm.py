@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lalmjax import audio, compression, windows
+from lalmjax import audio, compression, losses, windows
 from lalmjax.models.lora import LoraConfig
 from lalmjax.models.projector import PROJECTOR_KINDS, Projector
 from lalmjax.models.qwen2 import Qwen2, Qwen2Config
@@ -269,24 +269,8 @@ def init_variables(module: LALM, rng: jax.Array) -> dict:
   return nn.unbox(module.init(rng, mel, frames, ids))
 
 
-def next_token_loss(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array):
-  """Summed next-token cross-entropy over the positions in `loss_mask`.
-
-  Args:
-    logits: float32[B, S, V]; position s predicts token s+1.
-    input_ids: int32[B, S].
-    loss_mask: bool[B, S], the tokens to predict (target text and EOS).
-
-  Returns:
-    (loss_sum float32[], num_tokens float32[]): sums, so the caller normalises once
-    over however many devices and micro-batches (correct under padding).
-  """
-  logits = logits[:, :-1].astype(jnp.float32)
-  targets = input_ids[:, 1:]
-  weight = loss_mask[:, 1:].astype(jnp.float32)
-  logz = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return jnp.sum((logz - target_logit) * weight), jnp.sum(weight)
+# The next-token cross-entropy lives in lalmjax.losses; kept here under its old name.
+next_token_loss = losses.next_token_loss
 
 
 def lm_head(config: LALMConfig, variables: Mapping) -> tuple[jax.Array, str]:
@@ -319,8 +303,6 @@ def lalm_loss(module: LALM, variables: dict, batch: dict, rngs=None, vocab_chunk
   args = (batch.get("mel"), batch["num_frames"], batch["input_ids"], batch["attention_mask"])
   kwargs = dict(frames=batch.get("frames"), deterministic=rngs is None, rngs=rngs)
   if vocab_chunk:
-    from lalmjax import losses  # local: losses imports nothing of the models
-
     hidden, token_mask = module.apply(variables, *args, **kwargs,
                                       method=LALM.hidden_and_audio_mask)
     head, layout = lm_head(module.config, variables)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lalmjax import checkpoints
+from lalmjax import hf_names
 
 # The linear layers of the decoder LM, by their Hugging Face names; LoRA may target any.
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -244,7 +244,7 @@ def export_peft(lora_params: Mapping, lora_config: LoraConfig, out_dir: str,
   for module_path, (a, b) in adapters.items():
     for leaf, value in (("lora_A", a), ("lora_B", b)):
       # The generic HF rule: layers_0 -> layers.0, kernel -> weight transposed.
-      name, transform = checkpoints.default_hf_name(module_path + (leaf, "kernel"))
+      name, transform = hf_names.default_hf_name(module_path + (leaf, "kernel"))
       array = transform(np.asarray(jax.device_get(value), np.float32))
       tensors[prefix + name] = np.ascontiguousarray(array)
   os.makedirs(out_dir, exist_ok=True)

@@ -9,7 +9,7 @@ Axis letters used in shapes and einsums:
 
 Parameter names follow the Hugging Face checkpoint (``embed_tokens``,
 ``layers_3/self_attn/q_proj``, ``mlp/gate_proj``, ``input_layernorm``, ``norm``,
-``lm_head``) so ``checkpoints.default_hf_name`` maps them with only a ``model.`` prefix.
+``lm_head``) so ``hf_names.default_hf_name`` maps them with only a ``model.`` prefix.
 Linear kernels are ``[in, out]`` with the heads fused (q_proj ``[D, N*H]``).
 
 Padding and positions. ``attention_mask`` marks real tokens (1) in a padded batch, left
