@@ -127,12 +127,13 @@ def test_load_audio_averages_different_channels(tmp_path):
     np.testing.assert_allclose(wav, channels[:, :n].mean(axis=1), atol=1e-7)
 
 
+@pytest.mark.parametrize("sr", [16000, 8000])  # 8 kHz: checked before resampling too
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_load_audio_rejects_non_finite_samples(tmp_path, bad):
+def test_load_audio_rejects_non_finite_samples(tmp_path, bad, sr):
   wav = np.zeros((1600, 2), np.float32)
   wav[100, 1] = bad
   path = str(tmp_path / "broken_take.wav")
-  sf.write(path, wav, 8000, subtype="FLOAT")  # 8 kHz: checked before resampling
+  sf.write(path, wav, sr, subtype="FLOAT")
   with pytest.raises(audio.AudioError, match=r"broken_take\.wav: .*NaN or Inf"):
     audio.load_audio(path)
 
