@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 from typing import Any, Sequence
 
 import grain
@@ -48,6 +49,7 @@ from lalmjax.data.bucketing import PAD_INDEX, Bucket
 
 log = logging.getLogger(__name__)
 
+_BUILDER_LOCK = threading.Lock()
 MODEL_KEYS = ("mel", "frames", "num_frames", "input_ids", "attention_mask", "loss_mask")
 
 
@@ -167,9 +169,11 @@ class BatchLoader(grain.transforms.Map):
 
   @property
   def builder(self) -> prompts.PromptBuilder:
-    if self._builder is None:
-      self._builder = prompts.PromptBuilder(prompts.load_tokenizer(self.tokenizer_path),
-                                            system_prompt=self.config.system_prompt)
+    # Reader threads ask at once; transformers' lazy imports are not thread-safe.
+    with _BUILDER_LOCK:
+      if self._builder is None:
+        self._builder = prompts.PromptBuilder(prompts.load_tokenizer(self.tokenizer_path),
+                                              system_prompt=self.config.system_prompt)
     return self._builder
 
   def _load_row(self, utt, bucket: Bucket):
