@@ -281,16 +281,29 @@ def _whisper_encoder_prefix(reader: SafetensorsReader) -> str:
       f"{[p + 'conv1.weight' for p in _WHISPER_PREFIXES]})")
 
 
+def whisper_encoder_config(path: str):
+  """The `WhisperEncoderConfig` of a Whisper folder: Hugging Face (config.json) or a
+  CTranslate2 export (from its tensor shapes, `ct2_whisper.encoder_config`)."""
+  from lalmjax import ct2_whisper  # local: it imports this module
+  from lalmjax.models import whisper  # local: checkpoints must not import every model
+
+  if ct2_whisper.is_ct2_folder(path):
+    return ct2_whisper.encoder_config(ct2_whisper.Ct2Reader(path), path)
+  return whisper.WhisperEncoderConfig.from_hf(read_config(path))
+
+
 def load_whisper_encoder(path: str, dtype=jnp.float32, param_dtype=None, remat: bool = False,
                          shardings=None):
-  """Loads the encoder of a local Hugging Face Whisper checkpoint.
+  """Loads the encoder of a local Hugging Face (or CTranslate2) Whisper checkpoint.
 
   Accepts a full ``WhisperForConditionalGeneration`` (``model.encoder.*``), a
   ``WhisperModel`` (``encoder.*``) or a bare ``WhisperEncoder`` folder. Decoder tensors
-  are never read.
+  are never read. A CTranslate2 export (model.bin, no safetensors: faster-whisper's
+  format) goes to `ct2_whisper.load_ct2_whisper_encoder`.
 
   Args:
-    path: folder with config.json and model.safetensors (or a sharded index).
+    path: folder with config.json and model.safetensors (or a sharded index), or a
+      CTranslate2 export folder.
     dtype: compute dtype of the returned module.
     param_dtype: storage dtype of the loaded parameters (default: ``dtype``).
     remat: rematerialise encoder blocks in the backward pass.
@@ -300,8 +313,11 @@ def load_whisper_encoder(path: str, dtype=jnp.float32, param_dtype=None, remat: 
     (module, params): ``module.apply({"params": params}, mel)`` with ``mel``
     float32[B, n_mels, 3000] gives the last hidden state [B, 1500, d].
   """
+  from lalmjax import ct2_whisper  # local: it imports this module
   from lalmjax.models import whisper  # local: checkpoints must not import every model
 
+  if ct2_whisper.is_ct2_folder(path):
+    return ct2_whisper.load_ct2_whisper_encoder(path, dtype, param_dtype, remat, shardings)
   param_dtype = dtype if param_dtype is None else param_dtype
   config = whisper.WhisperEncoderConfig.from_hf(read_config(path))
   module = whisper.WhisperEncoder(config, dtype=dtype, param_dtype=param_dtype, remat=remat)

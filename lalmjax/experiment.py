@@ -77,7 +77,7 @@ def lalm_config(config, vocab_size: int, audio_token_id: int) -> lalm.LALMConfig
   m = config.model
   remat = None if m.remat_policy == "none" else m.remat_policy
   if m.encoder_path:
-    enc = whisper.WhisperEncoderConfig.from_hf(checkpoints.read_config(resolve(m.encoder_path)))
+    enc = checkpoints.whisper_encoder_config(resolve(m.encoder_path))  # HF or CTranslate2
   else:
     enc = whisper.WhisperEncoderConfig(**m.encoder.to_dict())
     enc.validate()

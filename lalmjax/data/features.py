@@ -26,7 +26,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-_WEIGHT_FILES = re.compile(r".*\.(safetensors|bin|json)$")
+# Weights and configs; model.bin.part<k> are the parts of a split CTranslate2 model.bin.
+_WEIGHT_FILES = re.compile(r".*\.(safetensors|bin|json)$|^model\.bin\.part\w+$")
 
 
 def encoder_fingerprint(path: str, extra: str = "") -> str:
