@@ -73,13 +73,21 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.lora_alpha = 32.0  # LoRA alpha (scale alpha / r).
   m.lora_targets = ("q_proj", "k_proj")  # linear layers that get adapters.
   m.lora_dropout = 0.0  # dropout on the adapter input while training.
+  m.train_new_tokens = True  # train the embedding rows of the tokens new to the LLM (the
+  #                            audio markers, model.new_tokens, and any token past the
+  #                            checkpoint's rows) with the projector and LoRA; they are a
+  #                            small [n, D] tree (params/llm/new_tokens/.*), added to
+  #                            `trainable` by this switch.
+  m.new_tokens = ()  # more tokens (strings in the tokenizer) whose rows train, e.g.
+  #                    ("<|im_start|>", "<|im_end|>") for a base model that never saw them.
   m.dtype = "float32"  # compute dtype of encoder and LLM (norms, softmax: float32).
   m.param_dtype = "float32"  # storage dtype of the frozen weights (LoRA, projector: f32).
   m.remat_policy = "none"  # LLM block remat: none | nothing_saveable | dots_saveable |
   #                          save_qkv_proj.
   m.encoder_remat = False  # rematerialise encoder blocks (when the encoder trains).
 
-  # Which variables train: regexes over '/'-joined paths ("params/projector/.*").
+  # Which variables train: regexes over '/'-joined paths ("params/projector/.*"); with
+  # model.train_new_tokens, "params/llm/new_tokens/.*" trains too.
   c.trainable = ("params/projector/.*", "lora/.*")
 
   c.data = d = ml_collections.ConfigDict()
@@ -167,6 +175,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
       _fail("model.lora_targets", m.lora_targets, f"expected names from {list(LINEAR_LAYERS)}")
     if not 0 <= m.lora_dropout < 1:
       _fail("model.lora_dropout", m.lora_dropout, "expected a rate in [0, 1)")
+  if not isinstance(m.train_new_tokens, bool):
+    _fail("model.train_new_tokens", m.train_new_tokens, "expected True or False")
+  if not all(isinstance(t, str) and t for t in m.new_tokens):
+    _fail("model.new_tokens", m.new_tokens, "expected token strings")
+  if m.new_tokens and not m.train_new_tokens:
+    _fail("model.new_tokens", m.new_tokens, "names tokens to train, but "
+          "model.train_new_tokens is False")
   for key in ("dtype", "param_dtype"):
     if m[key] not in DTYPES:
       _fail(f"model.{key}", m[key], f"expected one of {list(DTYPES)}")

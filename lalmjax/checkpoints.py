@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import re
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -32,6 +32,7 @@ import numpy as np
 from flax import traverse_util
 
 from lalmjax import hf_names
+from lalmjax.models import new_tokens
 
 log = logging.getLogger(__name__)
 
@@ -237,9 +238,7 @@ def load_params(
   mismatched = []
   for path, spec in flat.items():
     name, transform = names[path]
-    # A zero-stride stand-in: the transform's output shape without touching the data.
-    shape = np.broadcast_to(np.zeros((), np.float32), reader.shape(name))
-    shape = (transform(shape) if transform is not None else shape).shape
+    shape = _transformed_shape(transform, reader.shape(name))
     if tuple(shape) != tuple(spec.shape):
       mismatched.append(f"{name!r} has shape {reader.shape(name)} (-> {tuple(shape)} for "
                         f"param {'/'.join(path)}), the config expects {tuple(spec.shape)}")
@@ -264,6 +263,31 @@ def load_params(
                   extra[:5])
   return traverse_util.unflatten_dict(out)
 
+
+def _transformed_shape(transform: Transform | None, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The shape a tensor of `shape` has after `transform`, without reading its data."""
+  if transform is None:
+    return tuple(shape)
+  if hasattr(transform, "output_shape"):  # e.g. GrowRows: more rows than it reads
+    return tuple(transform.output_shape(shape))
+  # A zero-stride stand-in: the transform's output shape without touching the data.
+  return tuple(transform(np.broadcast_to(np.zeros((), np.float32), shape)).shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class GrowRows:
+  """Transform: a token matrix [V, D] (embedding or LM head, torch layout) grown to
+  [size, D] with mean rows (`new_tokens.pad_rows`), then `then` (e.g. a transpose)."""
+
+  size: int
+  then: Transform | None = None
+
+  def __call__(self, x: np.ndarray) -> np.ndarray:
+    x = new_tokens.pad_rows(x, self.size)
+    return x if self.then is None else self.then(x)
+
+  def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return _transformed_shape(self.then, (self.size,) + tuple(shape[1:]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -350,7 +374,8 @@ def _qwen2_prefix(reader: SafetensorsReader) -> str:
 
 
 def load_qwen2(path: str, dtype=jnp.float32, param_dtype=None, lora_config=None,
-               remat_policy: str | None = None, shardings=None):
+               remat_policy: str | None = None, shardings=None, vocab_size: int | None = None,
+               new_token_ids: Sequence[int] = ()):
   """Loads a local Hugging Face Qwen2 checkpoint (single file or sharded index).
 
   Accepts ``Qwen2ForCausalLM`` (``model.*`` + ``lm_head.weight``) and a bare
@@ -360,6 +385,10 @@ def load_qwen2(path: str, dtype=jnp.float32, param_dtype=None, lora_config=None,
   to the embedding is ignored (the model stays tied); a different one is loaded as an
   untied head (``module.config.tie_word_embeddings`` is then False), with a warning.
 
+  A larger ``vocab_size`` grows the vocabulary (`models.new_tokens`): the embedding and
+  an untied LM head get rows set to the mean of the checkpoint's, each tensor padded as
+  it is read; nothing else changes, so old tokens keep their logits.
+
   Args:
     path: folder with config.json and model.safetensors or model.safetensors.index.json.
     dtype: compute dtype of the module.
@@ -368,6 +397,10 @@ def load_qwen2(path: str, dtype=jnp.float32, param_dtype=None, lora_config=None,
       loaded here (``lora.init_lora`` makes one).
     remat_policy: None or a name in ``qwen2.REMAT_POLICIES``.
     shardings: optional pytree of shardings (as the params) to load straight into.
+    vocab_size: rows of the model's vocabulary, at least the checkpoint's (None: the
+      checkpoint's).
+    new_token_ids: tokens whose rows train apart from the frozen embedding; their
+      ``new_tokens/embedding`` param starts as a float32 copy of the loaded rows.
 
   Returns:
     (module, params): ``module.apply({"params": params}, input_ids)`` with int32 [B, S]
@@ -384,6 +417,14 @@ def load_qwen2(path: str, dtype=jnp.float32, param_dtype=None, lora_config=None,
     config = qwen2.Qwen2Config.from_hf(hf_config, remat_policy=remat_policy)
   except (ValueError, TypeError) as e:
     raise CheckpointError(f"{os.path.join(path, 'config.json')}: {e}") from e
+  stored_vocab = config.vocab_size
+  if vocab_size is not None and vocab_size < stored_vocab:
+    raise CheckpointError(f"{path}: vocab_size={vocab_size} is smaller than the "
+                          f"checkpoint's {stored_vocab} rows (a vocabulary only grows)")
+  if vocab_size is not None and vocab_size > stored_vocab:
+    log.info("%s: vocabulary grown from %d to %d rows (mean rows)", path, stored_vocab,
+             vocab_size)
+    config = dataclasses.replace(config, vocab_size=vocab_size)
   reader = SafetensorsReader(path)
   prefix = _qwen2_prefix(reader)
   if not config.tie_word_embeddings and "lm_head.weight" not in reader:
@@ -397,17 +438,33 @@ def load_qwen2(path: str, dtype=jnp.float32, param_dtype=None, lora_config=None,
                 "LM head, as transformers does (set tie_word_embeddings=false in "
                 "config.json to silence this)", path)
     config = dataclasses.replace(config, tie_word_embeddings=False)
-  module = qwen2.Qwen2(config, dtype=dtype, param_dtype=param_dtype, lora=lora_config)
+  try:
+    module = qwen2.Qwen2(config, dtype=dtype, param_dtype=param_dtype, lora=lora_config,
+                         new_token_ids=tuple(int(i) for i in new_token_ids))
+    new_tokens.check_ids(module.new_token_ids, config.vocab_size, "new_token_ids")
+  except ValueError as e:
+    raise CheckpointError(f"{path}: {e}") from e
 
   def hf_name(p):
     name, transform = default_hf_name(p)
+    if config.vocab_size != stored_vocab and p in (("embed_tokens", "embedding"),
+                                                    ("lm_head", "kernel")):
+      transform = GrowRows(config.vocab_size, then=transform)  # grown in torch layout
     return (name if p[0] == "lm_head" else prefix + name), transform
 
   ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-  expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), ids)["params"]
+  expected = dict(jax.eval_shape(module.init, jax.random.PRNGKey(0), ids)["params"])
+  expected.pop("new_tokens", None)  # no checkpoint holds them: copied below
+  shardings = dict(shardings) if shardings is not None else None
+  rows_sharding = shardings.pop("new_tokens", None) if shardings is not None else None
   # Still tied here means a stored lm_head.weight (if any) equals the embedding.
   params = load_params(reader, expected, hf_name, param_dtype, shardings, "Qwen2",
                        report_unused_under="", expected_unused=("lm_head.weight",))
+  if module.new_token_ids:
+    ids = np.asarray(module.new_token_ids, np.int32)
+    placed = {} if rows_sharding is None else {"out_shardings": rows_sharding["embedding"]}
+    copy = jax.jit(lambda table: table[ids].astype(jnp.float32), **placed)
+    params["new_tokens"] = {"embedding": copy(params["embed_tokens"]["embedding"])}
   return module, params
 
 
@@ -427,8 +484,9 @@ def _same_tensor(reader: SafetensorsReader, a: str, b: str, rows: int = 8192) ->
 # The assembled LALM.
 
 
-def load_lalm(encoder_path: str, llm_path: str, audio_token_id: int, *, dtype=jnp.float32,
-              param_dtype=None, rng=None, encoder_remat: bool = False, **lalm_options):
+def load_lalm(encoder_path: str, llm_path: str, audio_token_id: int, *,
+              tokenizer_size: int | None = None, dtype=jnp.float32, param_dtype=None, rng=None,
+              encoder_remat: bool = False, **lalm_options):
   """Pretrained Whisper encoder + Qwen2 from local folders; projector and LoRA initialised.
 
   The pretrained parts load first; then only what no checkpoint holds (the projector and
@@ -439,11 +497,14 @@ def load_lalm(encoder_path: str, llm_path: str, audio_token_id: int, *, dtype=jn
     encoder_path: a Whisper folder (see `load_whisper_encoder`).
     llm_path: a Qwen2 folder (see `load_qwen2`).
     audio_token_id: the tokenizer's <|AUDIO|> id (`prompts.PromptBuilder.audio_token_id`).
+    tokenizer_size: ``len(tokenizer)``; when its ids reach past the LLM's embedding, the
+      vocabulary grows to fit (`models.new_tokens.grown_vocab_size`, mean rows).
     dtype, param_dtype: compute / storage dtype of encoder and LLM.
     rng: key for the new parts (default PRNGKey(0)).
     encoder_remat: rematerialise encoder blocks.
     **lalm_options: the other `LALMConfig` fields (lora, method, factor, method_options,
-      projector, projector_hidden).
+      projector, projector_hidden, new_token_ids — e.g. `prompts.new_token_ids`, whose
+      rows then train: a float32 copy of the loaded rows).
 
   Returns:
     (module, variables) with variables = {"params": {"encoder", "projector", "llm"},
@@ -453,12 +514,19 @@ def load_lalm(encoder_path: str, llm_path: str, audio_token_id: int, *, dtype=jn
 
   param_dtype = dtype if param_dtype is None else param_dtype
   enc_module, enc_params = load_whisper_encoder(encoder_path, dtype, param_dtype)
-  llm_module, llm_params = load_qwen2(llm_path, dtype, param_dtype)
+  stored_vocab = read_config(llm_path).get("vocab_size")
+  vocab_size = (new_tokens.grown_vocab_size(stored_vocab, tokenizer_size)
+                if tokenizer_size is not None and isinstance(stored_vocab, int) else None)
+  llm_module, llm_params = load_qwen2(llm_path, dtype, param_dtype, vocab_size=vocab_size,
+                                      new_token_ids=lalm_options.get("new_token_ids", ()))
   try:
     config = lalm.LALMConfig(enc_module.config, llm_module.config, audio_token_id,
                              **lalm_options)
   except ValueError as e:
-    raise CheckpointError(f"{llm_path}: {e}") from e
+    hint = (" (pass tokenizer_size=len(tokenizer) to grow the vocabulary to fit)"
+            if tokenizer_size is None and audio_token_id >= llm_module.config.vocab_size
+            else "")
+    raise CheckpointError(f"{llm_path}: {e}{hint}") from e
   module = lalm.LALM(config, dtype=dtype, param_dtype=param_dtype, encoder_remat=encoder_remat)
 
   def init_new_parts(key):

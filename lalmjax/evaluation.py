@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 
 def restore_trained(config, workdir: str, model: experiment.Model, mesh,
                     step: int | None = None) -> tuple[dict, int]:
-  """The run's trained trees (projector, LoRA) at `step` (default: the latest), merged
-  into the model's variables; returns (variables, step)."""
+  """The run's trained trees (projector, LoRA, new tokens' rows) at `step` (default: the
+  latest), merged into the model's variables; returns (variables, step)."""
   from lalmjax import trainer  # local: trainer imports the training stack
 
   ckpt = run_checkpoints.RunCheckpointer(workdir, keep=config.keep_checkpoints,
@@ -45,8 +45,9 @@ def restore_trained(config, workdir: str, model: experiment.Model, mesh,
     raise FileNotFoundError(f"{ckpt.directory}: no checkpoint at step {step}; there are "
                             f"{sorted(steps)}")
   tx = training.make_optimizer(config.optim, config.total_steps)
-  trainable, frozen = training.partition(model.variables, config.trainable)
-  _, _, state_sh = trainer.train_state_shardings(model, config.trainable, tx, mesh)
+  patterns = experiment.trainable_patterns(config)
+  trainable, frozen = training.partition(model.variables, patterns)
+  _, _, state_sh = trainer.train_state_shardings(model, patterns, tx, mesh)
   stored = ckpt.restore_meta(step)
   run_checkpoints.check_compatible(stored, trainer.run_metadata(config, model, mesh), workdir)
   init = jax.eval_shape(lambda t: training.init_train_state(t, tx), trainable)

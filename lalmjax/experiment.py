@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lalmjax import checkpoints, prompts, sharding
+from lalmjax import checkpoints, prompts, sharding, training
 from lalmjax.data import manifest
-from lalmjax.models import lalm, qwen2, whisper
+from lalmjax.models import lalm, new_tokens, qwen2, whisper
 from lalmjax.models.lora import LoraConfig
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,13 @@ def lora_config(config) -> LoraConfig | None:
                     targets=tuple(m.lora_targets), dropout=float(m.lora_dropout))
 
 
-def lalm_config(config, vocab_size: int, audio_token_id: int) -> lalm.LALMConfig:
-  """The model's shape: from the checkpoints' config.json files, or the config's shapes."""
+def lalm_config(config, builder: prompts.PromptBuilder) -> lalm.LALMConfig:
+  """The model's shape: from the checkpoints' config.json files, or the config's shapes.
+
+  The LLM's vocabulary grows to fit the tokenizer when its ids reach past the embedding
+  (`new_tokens.grown_vocab_size`); with `model.train_new_tokens`, the tokens new to the
+  LLM (`prompts.new_token_ids`) get trainable rows.
+  """
   m = config.model
   remat = None if m.remat_policy == "none" else m.remat_policy
   if m.encoder_path:
@@ -86,13 +91,27 @@ def lalm_config(config, vocab_size: int, audio_token_id: int) -> lalm.LALMConfig
                                     remat_policy=remat)
   else:
     shape = m.llm.to_dict()
-    shape["vocab_size"] = shape["vocab_size"] or prompts.round_up(vocab_size, 64)
+    shape["vocab_size"] = shape["vocab_size"] or prompts.round_up(builder.vocab_size, 64)
     llm = qwen2.Qwen2Config(**shape, remat_policy=remat)
-  return lalm.LALMConfig(enc, llm, audio_token_id, lora=lora_config(config),
+  rows = llm.vocab_size  # the checkpoint's own rows
+  llm = dataclasses.replace(llm, vocab_size=new_tokens.grown_vocab_size(rows,
+                                                                         builder.vocab_size))
+  new_ids = (prompts.new_token_ids(builder.tokenizer, rows, tuple(m.new_tokens))
+             if m.train_new_tokens else ())
+  return lalm.LALMConfig(enc, llm, builder.audio_token_id, lora=lora_config(config),
                          method=m.method, factor=m.factor,
                          method_options=dict(m.method_options), projector=m.projector,
                          projector_hidden=m.projector_hidden,
-                         window_overlap=int(round(m.window_overlap_seconds * 50)))
+                         window_overlap=int(round(m.window_overlap_seconds * 50)),
+                         new_token_ids=new_ids)
+
+
+def trainable_patterns(config) -> tuple[str, ...]:
+  """`config.trainable`, plus the new tokens' rows when `model.train_new_tokens`."""
+  patterns = tuple(config.trainable)
+  if config.model.train_new_tokens and training.NEW_TOKENS not in patterns:
+    patterns += (training.NEW_TOKENS,)
+  return patterns
 
 
 @dataclasses.dataclass
@@ -135,7 +154,7 @@ def build_model(config, workdir: str, mesh: Mesh, *, load_encoder: bool = True) 
   tok_path = tokenizer_path(config, workdir)
   builder = prompts.PromptBuilder(prompts.load_tokenizer(tok_path),
                                   system_prompt=config.data.system_prompt)
-  cfg = lalm_config(config, builder.vocab_size, builder.audio_token_id)
+  cfg = lalm_config(config, builder)
   module = lalm.LALM(cfg, dtype=DTYPES[m.dtype], param_dtype=DTYPES[m.param_dtype],
                      encoder_remat=m.encoder_remat)
   abstract, specs = variable_specs(module)
@@ -151,7 +170,8 @@ def build_model(config, workdir: str, mesh: Mesh, *, load_encoder: bool = True) 
     sources["encoder"] = os.path.abspath(resolve(m.encoder_path))
   if m.llm_path:
     llm_module, loaded["llm"] = checkpoints.load_qwen2(
-        resolve(m.llm_path), dtype, param_dtype, shardings=shardings["params"]["llm"])
+        resolve(m.llm_path), dtype, param_dtype, shardings=shardings["params"]["llm"],
+        vocab_size=cfg.llm.vocab_size, new_token_ids=cfg.new_token_ids)
     if llm_module.config.tie_word_embeddings != cfg.llm.tie_word_embeddings:
       raise checkpoints.CheckpointError(
           f"{m.llm_path}: the stored lm_head unties a tied config; not supported here")

@@ -80,15 +80,38 @@ def load_tokenizer(path: str):
   return tok
 
 
-def build_tiny_tokenizer(out_dir: str, texts: Sequence[str] = (), vocab_size: int = 512) -> str:
+def new_token_ids(tokenizer, llm_rows: int, extra: Sequence[str] = ()) -> tuple[int, ...]:
+  """Ids of the tokens new to an LLM whose checkpoint has `llm_rows` embedding rows.
+
+  They are <|audio_bos|> and <|audio_eos|>, the tokens in `extra`, and any other token
+  at or past `llm_rows` (`load_tokenizer` appends what a tokenizer lacks there). Never
+  <|AUDIO|>: every placeholder's embedding is replaced by an audio token. Sorted.
+
+  Raises:
+    ValueError naming a token of `extra` the tokenizer does not hold.
+  """
+  vocab = tokenizer.get_vocab()
+  missing = [t for t in extra if t not in vocab]
+  if missing:
+    raise ValueError(f"new tokens {missing} are not in the tokenizer")
+  ids = {vocab[AUDIO_BOS], vocab[AUDIO_EOS]} | {vocab[t] for t in extra}
+  ids |= {i for i in vocab.values() if i >= llm_rows}
+  return tuple(sorted(ids - {vocab[AUDIO_TOKEN]}))
+
+
+def build_tiny_tokenizer(out_dir: str, texts: Sequence[str] = (), vocab_size: int = 512,
+                         audio_markers: bool = True) -> str:
   """Trains a byte-level BPE tokenizer on `texts` with Qwen2's special tokens and template.
 
-  Every byte is in the alphabet, so any text round-trips. Returns `out_dir`.
+  Every byte is in the alphabet, so any text round-trips. `audio_markers=False` leaves
+  out the audio markers, as a base LLM's tokenizer does (`load_tokenizer` then appends
+  them). Returns `out_dir`.
   """
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
   from transformers import PreTrainedTokenizerFast
 
-  specials = [ENDOFTEXT, IM_START, IM_END, AUDIO_BOS, AUDIO_TOKEN, AUDIO_EOS]
+  specials = [ENDOFTEXT, IM_START, IM_END] + ([AUDIO_BOS, AUDIO_TOKEN, AUDIO_EOS]
+                                              if audio_markers else [])
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()

@@ -148,19 +148,39 @@ def train_state_shardings(model: experiment.Model, trainable_patterns, tx, mesh)
 
 
 def export(model: experiment.Model, trainable: dict, workdir: str) -> str:
-  """WORKDIR/export/: the LoRA as a PEFT adapter folder, the projector as safetensors."""
+  """WORKDIR/export/: the LoRA and the new tokens' rows as a PEFT adapter folder (with
+  the tokenizer, and vocab.json: the vocabulary size to resize the transformers model
+  to), the projector as safetensors."""
   from safetensors.numpy import save_file
   from flax import traverse_util
 
+  from lalmjax import checkpoints
   from lalmjax.models import lora
 
   out = os.path.join(workdir, "export")
   os.makedirs(out, exist_ok=True)
   trainable = jax.device_get(trainable)
-  if "lora" in trainable and model.module.config.lora is not None:
-    llm_path = model.sources["llm"] if not model.sources["llm"].startswith("random") else None
-    lora.export_peft(trainable["lora"]["llm"], model.module.config.lora,
-                     os.path.join(out, "lora"), base_model_name_or_path=llm_path)
+  cfg = model.module.config
+  llm_path = model.sources["llm"] if not model.sources["llm"].startswith("random") else None
+  lora_tree = (trainable["lora"]["llm"] if "lora" in trainable and cfg.lora is not None
+               else None)
+  rows = trainable.get("params", {}).get("llm", {}).get("new_tokens", {}).get("embedding")
+  if lora_tree is not None or rows is not None:
+    adapter = os.path.join(out, "lora")
+    lora.export_peft(lora_tree, cfg.lora, adapter, base_model_name_or_path=llm_path,
+                     new_token_ids=cfg.new_token_ids if rows is not None else (),
+                     new_token_rows=rows)
+    # The marker ids and the grown vocabulary the adapter was trained with.
+    model.builder.tokenizer.save_pretrained(adapter)
+    ids = {i: t for t, i in model.builder.tokenizer.get_vocab().items()}
+    with open(os.path.join(adapter, "vocab.json"), "w") as f:
+      json.dump({"vocab_size": cfg.llm.vocab_size,
+                 "checkpoint_vocab_size": (checkpoints.read_config(llm_path)["vocab_size"]
+                                           if llm_path else None),
+                 "new_tokens": {ids[i]: i for i in cfg.new_token_ids},
+                 "note": "call model.resize_token_embeddings(vocab_size) on the "
+                         "transformers model before peft.PeftModel.from_pretrained"},
+                f, indent=2)
   params = trainable.get("params", {})
   if "projector" in params:
     flat = traverse_util.flatten_dict(params["projector"], sep=".")
@@ -234,10 +254,11 @@ def train(config, workdir: str) -> dict[str, Any]:
                                  load_encoder=not config.data.feature_cache)
   cache = feature_cache(config, workdir, model, utterances, mesh)
 
-  trainable, frozen = training.partition(model.variables, config.trainable)
+  patterns = experiment.trainable_patterns(config)
+  trainable, frozen = training.partition(model.variables, patterns)
   schedule = training.learning_rate_schedule(config.optim, config.total_steps)
   tx = training.make_optimizer(config.optim, config.total_steps)
-  train_sh, frozen_sh, state_sh = train_state_shardings(model, config.trainable, tx, mesh)
+  train_sh, frozen_sh, state_sh = train_state_shardings(model, patterns, tx, mesh)
   del train_sh
   meta = run_metadata(config, model, mesh)
 

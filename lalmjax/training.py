@@ -17,9 +17,11 @@ import optax
 from flax import struct, traverse_util
 
 # The paper's recipe: projector + LoRA train, Whisper and Qwen2 stay frozen. Adding
-# "params/encoder/.*" unfreezes the encoder.
+# "params/encoder/.*" unfreezes the encoder; NEW_TOKENS trains the rows of the tokens
+# new to the LLM (the audio markers), a small [n, D] tree beside the frozen embedding.
 DEFAULT_TRAINABLE = ("params/projector/.*", "lora/.*")
 ENCODER = "params/encoder/.*"
+NEW_TOKENS = "params/llm/new_tokens/.*"
 
 
 def trainable_patterns(train_encoder: bool = False, extra: Sequence[str] = ()) -> tuple[str, ...]:

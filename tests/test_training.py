@@ -141,8 +141,9 @@ def _setup(corpus, tmp_path, mesh, **overrides):
   c = make_config(corpus, **overrides)
   model = experiment.build_model(c, str(tmp_path), mesh)
   tx = training.make_optimizer(c.optim, c.total_steps)
-  _, frozen_sh, state_sh = trainer.train_state_shardings(model, c.trainable, tx, mesh)
-  trainable, frozen = training.partition(model.variables, c.trainable)
+  patterns = experiment.trainable_patterns(c)  # as train() splits them
+  _, frozen_sh, state_sh = trainer.train_state_shardings(model, patterns, tx, mesh)
+  trainable, frozen = training.partition(model.variables, patterns)
   state = jax.jit(lambda t: training.init_train_state(t, tx), out_shardings=state_sh)(trainable)
   step = training.make_train_step(model.module, tx, grad_accum_steps=c.optim.grad_accum_steps,
                                   vocab_chunk=c.loss.vocab_chunk, seed=c.seed,

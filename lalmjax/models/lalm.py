@@ -11,7 +11,9 @@ Axis letters: B batch, M mel bins, F mel frames, T encoder frames, A audio-token
 
 Variables: ``{"params": {"encoder", "projector", "llm"}, "lora": {"llm"}}``. Which of
 them train is data (``training.partition`` with regexes over these paths); by default
-the projector and the LoRA adapters, with the encoder and the LLM frozen.
+the projector, the LoRA adapters and the rows of the tokens new to the LLM
+(``params/llm/new_tokens``, `lalmjax.models.new_tokens`), with the encoder and the LLM
+frozen.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 
 from lalmjax import audio, compression, losses, windows
 from lalmjax.models.lora import LoraConfig
+from lalmjax.models.new_tokens import check_ids, write_rows
 from lalmjax.models.projector import PROJECTOR_KINDS, Projector
 from lalmjax.models.qwen2 import Qwen2, Qwen2Config
 from lalmjax.models.whisper import WhisperEncoder, WhisperEncoderConfig
@@ -48,6 +51,10 @@ class LALMConfig:
     projector_hidden: hidden width of the mlp projector (0 = LLM width).
     window_overlap: encoder frames shared by consecutive windows of long-form audio
       (`lalmjax.windows`); 0 = windows back to back.
+    new_token_ids: tokens new to the LLM (the audio markers <|audio_bos|>,
+      <|audio_eos|>, ...) whose embedding rows train apart from the frozen table
+      (`lalmjax.models.new_tokens`); () = none. Never the <|AUDIO|> placeholder, whose
+      embedding is always replaced by an audio token.
   """
 
   encoder: WhisperEncoderConfig
@@ -60,8 +67,11 @@ class LALMConfig:
   projector: str = "linear"
   projector_hidden: int = 0
   window_overlap: int = 0
+  new_token_ids: tuple[int, ...] = ()
 
   def __post_init__(self):
+    # A list (e.g. from JSON metadata) becomes a tuple, so the config stays hashable.
+    object.__setattr__(self, "new_token_ids", tuple(int(i) for i in self.new_token_ids))
     options = self.method_options
     if isinstance(options, Mapping):  # a dict (e.g. from a config file) becomes pairs
       options = sorted(options.items())
@@ -87,6 +97,10 @@ class LALMConfig:
     if not 0 <= self.audio_token_id < self.llm.vocab_size:
       raise ValueError(f"LALMConfig.audio_token_id={self.audio_token_id} is outside the "
                        f"LLM vocabulary [0, {self.llm.vocab_size})")
+    check_ids(self.new_token_ids, self.llm.vocab_size, "LALMConfig.new_token_ids")
+    if self.audio_token_id in self.new_token_ids:
+      raise ValueError(f"LALMConfig.new_token_ids={self.new_token_ids} holds the audio "
+                       f"placeholder {self.audio_token_id}, whose embedding is never used")
     if self.projector_hidden < 0:
       raise ValueError(f"LALMConfig.projector_hidden={self.projector_hidden} must be >= 0")
 
@@ -173,7 +187,8 @@ class LALM(nn.Module):
     self.encoder = WhisperEncoder(cfg.encoder, dtype=self.dtype, param_dtype=self.param_dtype,
                                   remat=self.encoder_remat)
     self.projector = Projector(cfg.projector, cfg.llm.hidden_size, cfg.projector_hidden)
-    self.llm = Qwen2(cfg.llm, dtype=self.dtype, param_dtype=self.param_dtype, lora=cfg.lora)
+    self.llm = Qwen2(cfg.llm, dtype=self.dtype, param_dtype=self.param_dtype, lora=cfg.lora,
+                     new_token_ids=cfg.new_token_ids)
 
   def encode_audio(self, mel: jax.Array | None, num_frames: jax.Array, *,
                    frames: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -274,8 +289,15 @@ next_token_loss = losses.next_token_loss
 
 
 def lm_head(config: LALMConfig, variables: Mapping) -> tuple[jax.Array, str]:
-  """The LLM's output projection and its layout: ([D, V], "dv") or tied ([V, D], "vd")."""
+  """The LLM's output projection and its layout: ([D, V], "dv") or tied ([V, D], "vd").
+
+  Tied, the new tokens' trained rows are written into the embedding, as `Qwen2.logits`
+  does.
+  """
   llm = variables["params"]["llm"]
+  if config.llm.tie_word_embeddings and config.new_token_ids:
+    return write_rows(llm["embed_tokens"]["embedding"], config.new_token_ids,
+                      llm["new_tokens"]["embedding"]), "vd"
   if config.llm.tie_word_embeddings:
     return llm["embed_tokens"]["embedding"], "vd"
   return llm["lm_head"]["kernel"], "dv"

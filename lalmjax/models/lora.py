@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -197,9 +197,23 @@ def count_lora_params(model_config, lora_config: LoraConfig) -> int:
   return model_config.num_hidden_layers * per_layer
 
 
-def peft_adapter_config(lora_config: LoraConfig,
-                        base_model_name_or_path: str | None = None) -> dict:
-  """The ``adapter_config.json`` contents PEFT needs (it fills the rest with defaults)."""
+def peft_adapter_config(lora_config: LoraConfig | None,
+                        base_model_name_or_path: str | None = None,
+                        new_token_ids: Sequence[int] = ()) -> dict:
+  """The ``adapter_config.json`` contents PEFT needs (it fills the rest with defaults).
+
+  New tokens' rows go in as ``trainable_token_indices`` of the LoRA adapter, or, with no
+  LoRA, as a ``TRAINABLE_TOKENS`` adapter of their own.
+  """
+  if lora_config is None:
+    return {
+        "peft_type": "TRAINABLE_TOKENS",
+        "token_indices": [int(i) for i in new_token_ids],
+        "target_modules": ["embed_tokens"],
+        "init_weights": True,
+        "inference_mode": True,
+        "base_model_name_or_path": base_model_name_or_path,
+    }
   return {
       "peft_type": "LORA",
       "task_type": "CAUSAL_LM",
@@ -214,13 +228,15 @@ def peft_adapter_config(lora_config: LoraConfig,
       "init_lora_weights": True,
       "inference_mode": True,
       "modules_to_save": None,
+      "trainable_token_indices": [int(i) for i in new_token_ids] or None,
       "base_model_name_or_path": base_model_name_or_path,
   }
 
 
-def export_peft(lora_params: Mapping, lora_config: LoraConfig, out_dir: str,
+def export_peft(lora_params: Mapping | None, lora_config: LoraConfig | None, out_dir: str,
                 base_model_name_or_path: str | None = None,
-                prefix: str = "base_model.model.model.") -> list[str]:
+                prefix: str = "base_model.model.model.", *,
+                new_token_ids: Sequence[int] = (), new_token_rows=None) -> list[str]:
   """Writes ``adapter_config.json`` + ``adapter_model.safetensors`` for PyTorch peft.
 
   A Flax path ``layers_0/self_attn/q_proj/lora_A`` ([D, R]) becomes
@@ -228,28 +244,50 @@ def export_peft(lora_params: Mapping, lora_config: LoraConfig, out_dir: str,
   layout); ``prefix`` is PEFT's wrapper (``base_model.model.``) plus the path of the
   decoder inside ``Qwen2ForCausalLM`` (``model.``).
 
+  The trained rows of new tokens (`models.new_tokens`; float32 [n, D] for the ids
+  ``new_token_ids``) go in as peft's trainable tokens: ``trainable_token_indices`` and
+  ``embed_tokens.token_adapter.trainable_tokens_delta`` (peft writes these values over
+  the embedding's rows, and over a tied LM head's). With ``lora_params=None`` they make
+  a ``TRAINABLE_TOKENS`` adapter alone. A grown vocabulary must be grown on the
+  transformers model too (``resize_token_embeddings``) before peft loads the adapter.
+
   Returns:
     The tensor names written.
   """
   from safetensors.numpy import save_file  # local: only exporting needs it
 
-  adapters = _adapters(lora_params)
-  if not adapters:
-    raise ValueError("export_peft: the lora tree holds no adapters")
-  found = {p[-1] for p in adapters}
-  if found != set(lora_config.targets):
-    raise ValueError(f"export_peft: the lora tree adapts {sorted(found)}, but the config "
-                     f"targets {sorted(lora_config.targets)}")
+  if (new_token_rows is None) != (not new_token_ids):
+    raise ValueError("export_peft: pass new_token_ids and new_token_rows together")
+  if new_token_rows is not None and np.shape(new_token_rows)[0] != len(new_token_ids):
+    raise ValueError(f"export_peft: {np.shape(new_token_rows)[0]} new token rows for "
+                     f"{len(new_token_ids)} ids")
+  if lora_params is None and new_token_rows is None:
+    raise ValueError("export_peft: nothing to export (no lora tree, no new token rows)")
   tensors = {}
-  for module_path, (a, b) in adapters.items():
-    for leaf, value in (("lora_A", a), ("lora_B", b)):
-      # The generic HF rule: layers_0 -> layers.0, kernel -> weight transposed.
-      name, transform = hf_names.default_hf_name(module_path + (leaf, "kernel"))
-      array = transform(np.asarray(jax.device_get(value), np.float32))
-      tensors[prefix + name] = np.ascontiguousarray(array)
+  if lora_params is not None:
+    adapters = _adapters(lora_params)
+    if not adapters:
+      raise ValueError("export_peft: the lora tree holds no adapters")
+    found = {p[-1] for p in adapters}
+    if found != set(lora_config.targets):
+      raise ValueError(f"export_peft: the lora tree adapts {sorted(found)}, but the config "
+                       f"targets {sorted(lora_config.targets)}")
+    for module_path, (a, b) in adapters.items():
+      for leaf, value in (("lora_A", a), ("lora_B", b)):
+        # The generic HF rule: layers_0 -> layers.0, kernel -> weight transposed.
+        name, transform = hf_names.default_hf_name(module_path + (leaf, "kernel"))
+        array = transform(np.asarray(jax.device_get(value), np.float32))
+        tensors[prefix + name] = np.ascontiguousarray(array)
+  if new_token_rows is not None:
+    # LoRA wraps the embedding in a token_adapter; a TRAINABLE_TOKENS adapter replaces it.
+    wrapper = "token_adapter." if lora_params is not None else ""
+    tensors[prefix + f"embed_tokens.{wrapper}trainable_tokens_delta"] = np.ascontiguousarray(
+        np.asarray(jax.device_get(new_token_rows), np.float32))
   os.makedirs(out_dir, exist_ok=True)
   save_file(tensors, os.path.join(out_dir, "adapter_model.safetensors"),
             metadata={"format": "pt"})
+  config = peft_adapter_config(lora_config if lora_params is not None else None,
+                               base_model_name_or_path, new_token_ids)
   with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
-    json.dump(peft_adapter_config(lora_config, base_model_name_or_path), f, indent=2)
+    json.dump(config, f, indent=2)
   return sorted(tensors)

@@ -39,6 +39,7 @@ from flax import struct
 from jax.ad_checkpoint import checkpoint_name
 
 from lalmjax.models.lora import LoraConfig, LoraDense
+from lalmjax.models.new_tokens import NewTokens, check_ids, embed_with_rows, write_rows
 
 SUPPORTED_ROPE_TYPES = ("default", "linear")
 
@@ -427,21 +428,27 @@ class Qwen2(nn.Module):
   ``apply({"params": p}, input_ids)`` -> float32[B, S, V] logits; with ``cache=`` it
   returns ``Qwen2Output(logits, cache)``. With a ``lora`` config the targeted linear
   layers carry adapters in the "lora" collection: ``apply({"params": p, "lora": l}, ...)``.
+  With ``new_token_ids`` the rows of those tokens are their own float32 parameter
+  ``new_tokens/embedding`` [n, D] (`NewTokens`), written over the embedding's
+  rows in the lookup and, when tied, in the LM head.
 
   Attributes:
     config: the architecture.
     dtype: compute dtype (norms, RoPE and softmax run in float32 regardless).
     param_dtype: storage dtype of the base weights.
     lora: adapters on ``lora.targets``, or None.
+    new_token_ids: ids whose embedding rows are trained apart from the frozen table.
   """
   config: Qwen2Config
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   lora: LoraConfig | None = None
+  new_token_ids: tuple[int, ...] = ()
 
   def setup(self):
     cfg = self.config
     cfg.validate()
+    check_ids(self.new_token_ids, cfg.vocab_size, "Qwen2.new_token_ids")
     self.embed_tokens = nn.Embed(
         cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
@@ -460,10 +467,16 @@ class Qwen2(nn.Module):
           cfg.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
           kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                    ("embed", "vocab")))
+    if self.new_token_ids:
+      self.new_tokens = NewTokens(tuple(self.new_token_ids))
 
   def embed(self, input_ids: jax.Array) -> jax.Array:
     """int32[B, S] -> dtype[B, S, D] token embeddings (the LALM splices audio in here)."""
-    return self.embed_tokens(input_ids)
+    x = self.embed_tokens(input_ids)
+    if self.new_token_ids:
+      rows = self.new_tokens(self.embed_tokens.embedding)
+      x = embed_with_rows(x, input_ids, self.new_token_ids, rows)
+    return x
 
   def hidden(self, input_ids=None, attention_mask=None, position_ids=None, *,
              inputs_embeds=None, cache: KVCache | None = None, deterministic: bool = True):
@@ -523,7 +536,13 @@ class Qwen2(nn.Module):
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """dtype[..., D] -> float32[..., V], through the tied embedding or lm_head."""
-    if self.config.tie_word_embeddings:
+    if self.config.tie_word_embeddings and self.new_token_ids:
+      # The tied head is the embedding with the new tokens' rows written in (as peft
+      # ties its trainable tokens to the LM head).
+      table = write_rows(self.embed_tokens.embedding, self.new_token_ids,
+                         self.new_tokens(self.embed_tokens.embedding))
+      logits = jnp.einsum("...d,vd->...v", hidden.astype(self.dtype), table.astype(self.dtype))
+    elif self.config.tie_word_embeddings:
       logits = self.embed_tokens.attend(hidden)
     else:
       logits = self.lm_head(hidden)
