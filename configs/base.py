@@ -38,7 +38,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # The model: pretrained folders, or random shapes when a path is "".
   c.model = m = ml_collections.ConfigDict()
-  m.encoder_path = ""  # local Hugging Face Whisper folder ("" = random, shape below).
+  m.encoder_path = ""  # Whisper folder: Hugging Face safetensors or a CTranslate2
+  #                     export; "pip:tiny.en" / "pip:base" = a pip-installed export;
+  #                     "" = random, shape below.
   m.encoder = ml_collections.ConfigDict(dict(  # used only when encoder_path is "".
       num_mel_bins=80,  # mel bins (80; 128 for large-v3).
       d_model=64,  # encoder width.
@@ -128,7 +130,13 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 
 def resolve_path(path: str, workdir: str | None = None) -> str:
-  """A config path: absolute as given; relative to REPO (or `workdir` if given)."""
+  """A config path: absolute as given; relative to REPO (or `workdir` if given);
+  ``pip:<name>`` is a Whisper export a pip package ships (`lalmjax.pretrained`:
+  ``pip:tiny.en``, ``pip:base``)."""
+  if path.startswith("pip:"):
+    from lalmjax import pretrained  # local: configs import light
+
+    return pretrained.find_pip_whisper(path[len("pip:"):])
   if not path or os.path.isabs(path):
     return path
   return os.path.join(workdir if workdir is not None else REPO, path)

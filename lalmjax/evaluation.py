@@ -98,7 +98,8 @@ def evaluate(config, workdir: str, step: int | None = None,
   base.validate(config, check_files=False)
   workdir = os.path.abspath(workdir)
   mesh = experiment.build_mesh(config)
-  model = experiment.build_model(config, workdir, mesh)
+  model = experiment.build_model(config, workdir, mesh,
+                                 load_encoder=not config.data.feature_cache)
   variables, step = restore_trained(config, workdir, model, mesh, step)
   module = model.module
   if no_lora:
@@ -116,8 +117,10 @@ def evaluate(config, workdir: str, step: int | None = None,
     skipped += [{"id": None, "reason": f"manifest line: {r}"} for _, r in contents.skipped]
 
   spec = pipeline.AudioSpec.from_lalm(module.config)
+  # With a feature cache (frozen encoder) the test audio is encoded once, like training's.
+  cache = trainer.feature_cache(config, workdir, model, utterances, mesh)
   data = pipeline.InputPipeline(utterances, trainer.pipeline_config(config, train=False), spec,
-                                model.tokenizer_path)
+                                model.tokenizer_path, feature_cache=cache)
   skipped += [{"id": i, "reason": "longer than the largest bucket"} for i in data.left_out]
   builder = model.builder
   decode = generation.DecodeConfig(beam_size=config.eval.beam_size,
@@ -125,8 +128,8 @@ def evaluate(config, workdir: str, step: int | None = None,
                                    buffer_size=config.eval.max_new_tokens)
   eos_ids = np.asarray([builder.eos_id], np.int32)
   max_new = np.asarray(config.eval.max_new_tokens, np.int32)
-  gen = jax.jit(lambda v, b: generation.generate_lalm(module, v, b, decode, max_new, eos_ids,
-                                                      builder.pad_id))
+  gen = lambda v, b: generation.generate_lalm(module, v, b, decode, max_new, eos_ids,
+                                              builder.pad_id)
   compiles_before = generation.compilations()
 
   rows, audio_seconds, gen_tokens, audio_tokens = [], 0.0, 0, 0

@@ -376,6 +376,9 @@ def train(config, workdir: str) -> dict[str, Any]:
       window["audio_seconds"] += float(batch["audio_seconds"].sum()) * jax.process_count()
       window["data_wait"] += t_data
       window["steps"] += 1
+      # This step's wall time (data, dispatch, the previous step's metrics): counted
+      # before a checkpoint step reports, so its rates cover the step itself.
+      window["time"] += time.perf_counter() - t0
       pending = (step, metrics, {"bucket": bucket})
       due = step % config.checkpoint_every == 0 or step == config.total_steps
       if due or preemption.requested:
@@ -384,7 +387,6 @@ def train(config, workdir: str) -> dict[str, Any]:
         save(step, state)
         if preemption.requested:
           break
-      window["time"] += time.perf_counter() - t0
       bar.update(1)
     if pending is not None:
       report(*pending)

@@ -20,7 +20,7 @@ from safetensors.numpy import load_file, save_file
 from transformers import Qwen2Config as HFQwen2Config
 from transformers import Qwen2ForCausalLM, Qwen2Model
 
-from lalmjax import checkpoints, sharding
+from lalmjax import checkpoints, generation, sharding
 from lalmjax.checkpoints import CheckpointError
 from lalmjax.models import qwen2
 
@@ -373,10 +373,10 @@ def test_greedy_matches_hf_generate(ckpt):
   np.testing.assert_array_equal(out_right.tokens, out.tokens)
 
   # max_new_tokens is an array: a new limit reuses the compiled loop.
-  compiled = qwen2._greedy_generate._cache_size()
+  compiled = generation.compilations()
   short = qwen2.greedy_generate(module, {"params": params}, ids, mask, jnp.int32(5), never,
                                 buffer_size=24)
-  assert qwen2._greedy_generate._cache_size() == compiled
+  assert generation.compilations() == compiled
   np.testing.assert_array_equal(short.tokens[:, :5], ref[:, :5])
   assert (np.asarray(short.tokens)[:, 5:] == 0).all()
   np.testing.assert_array_equal(short.lengths, [5, 5, 5])
@@ -444,7 +444,7 @@ def test_greedy_eos_as_first_token_and_several_eos_ids(ckpt):
 def test_greedy_request_longer_than_the_buffer_fails_before_tracing(ckpt):
   _, _, module, params = ckpt("gqa2_untied")
   ids, mask = batch("left", s=10)
-  compiled = qwen2._greedy_generate._cache_size()
+  compiled = generation.compilations()
   for limit in (25, np.int64(25), jnp.int32(25), np.array(100)):
     with pytest.raises(ValueError, match=r"max_new_tokens=\d+ does not fit the output "
                                          r"buffer: it must be in \[0, buffer_size=24\]"):
@@ -464,7 +464,7 @@ def test_greedy_request_longer_than_the_buffer_fails_before_tracing(ckpt):
                                        r"more than the model's max_position_embeddings=128"):
     qwen2.greedy_generate(module, {"params": params}, ids, mask, 5, jnp.array([-1]),
                           buffer_size=119)
-  assert qwen2._greedy_generate._cache_size() == compiled  # nothing was traced
+  assert generation.compilations() == compiled  # nothing was traced
 
 
 # ---------------------------------------------------------------------------------------

@@ -570,24 +570,6 @@ class Qwen2(nn.Module):
 
 
 @struct.dataclass
-class GreedyState:
-  """Loop state of ``greedy_generate``.
-
-  Attributes:
-    step: int32[], tokens written to ``tokens`` so far.
-    tokens: int32[B, M], the output buffer (pad after a row's EOS).
-    last: int32[B], the token just written (input of the next step).
-    done: bool[B], the row has emitted an EOS.
-    cache: the KV cache.
-  """
-  step: jax.Array
-  tokens: jax.Array
-  last: jax.Array
-  done: jax.Array
-  cache: KVCache
-
-
-@struct.dataclass
 class GenerateOutput:
   """tokens: int32[B, M] (pad after EOS and past the limit); lengths: int32[B] incl. EOS."""
   tokens: jax.Array
@@ -599,8 +581,8 @@ def greedy_generate(module: Qwen2, variables: Mapping, input_ids: jax.Array,
                     *, buffer_size: int, pad_id: int | jax.Array = 0) -> GenerateOutput:
   """Greedy decoding of up to ``max_new_tokens`` tokens per row (left or right padding).
 
-  The request is checked before anything is traced; the loop itself is one jit
-  (``_greedy_generate``) per (module, shapes, buffer_size).
+  The request is checked before anything is traced; the loop is
+  ``lalmjax.generation``'s (one jit per module, shapes and buffer size).
 
   Args:
     module: the Qwen2 module (static).
@@ -620,8 +602,12 @@ def greedy_generate(module: Qwen2, variables: Mapping, input_ids: jax.Array,
     prompt plus ``buffer_size`` is longer than ``max_position_embeddings``.
   """
   _check_generate_request(module.config, np.shape(input_ids), max_new_tokens, buffer_size)
-  return _greedy_generate(module, variables, input_ids, attention_mask, max_new_tokens,
-                          eos_ids, buffer_size=buffer_size, pad_id=pad_id)
+  from lalmjax import generation  # local: the decoding library sits above the models
+
+  out = generation.generate_lm(module, variables, input_ids, attention_mask,
+                               generation.DecodeConfig(beam_size=1, buffer_size=buffer_size),
+                               max_new_tokens, eos_ids, pad_id)
+  return GenerateOutput(tokens=out.tokens, lengths=out.lengths)
 
 
 def _check_generate_request(config: Qwen2Config, prompt_shape, max_new_tokens,
@@ -646,43 +632,3 @@ def _check_generate_request(config: Qwen2Config, prompt_shape, max_new_tokens,
     raise ValueError(f"greedy_generate: prompt length {prompt_shape[1]} + buffer_size "
                      f"{buffer_size} = {total} positions, more than the model's "
                      f"max_position_embeddings={config.max_position_embeddings}")
-
-
-@functools.partial(jax.jit, static_argnames=("module", "buffer_size"))
-def _greedy_generate(module: Qwen2, variables: Mapping, input_ids: jax.Array,
-                     attention_mask: jax.Array, max_new_tokens: jax.Array, eos_ids: jax.Array,
-                     *, buffer_size: int, pad_id: int | jax.Array = 0) -> GenerateOutput:
-  """The jitted loop of ``greedy_generate`` (arguments as there, unchecked)."""
-  b, s = input_ids.shape
-  attention_mask = attention_mask.astype(bool)
-  eos_ids = jnp.atleast_1d(jnp.asarray(eos_ids, jnp.int32))
-  limit = jnp.clip(jnp.asarray(max_new_tokens, jnp.int32), 0, buffer_size)
-  cache = init_cache(module.config, b, s + buffer_size, module.dtype)
-
-  # Prefill; the first new token comes from each row's last real prompt slot.
-  hidden, cache = module.apply(variables, input_ids, attention_mask, cache=cache,
-                               method=Qwen2.hidden)
-  last_slot = s - 1 - jnp.argmax(attention_mask[:, ::-1], axis=1)
-  first_hidden = jnp.take_along_axis(hidden, last_slot[:, None, None], axis=1)  # [B, 1, D]
-  first = jnp.argmax(module.apply(variables, first_hidden, method=Qwen2.logits)[:, 0], -1)
-  first = jnp.where(limit > 0, first.astype(jnp.int32), pad_id)
-  tokens = jnp.full((b, buffer_size), pad_id, jnp.int32).at[:, 0].set(first)
-  state = GreedyState(step=jnp.minimum(limit, 1), tokens=tokens, last=first,
-                      done=jnp.isin(first, eos_ids) | (limit == 0), cache=cache)
-
-  def cond(st: GreedyState):
-    return (st.step < limit) & ~jnp.all(st.done)
-
-  def body(st: GreedyState) -> GreedyState:
-    out = module.apply(variables, st.last[:, None], cache=st.cache)
-    nxt = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
-    nxt = jnp.where(st.done, pad_id, nxt)
-    tokens = jax.lax.dynamic_update_slice(st.tokens, nxt[:, None], (0, st.step))
-    return GreedyState(step=st.step + 1, tokens=tokens, last=nxt,
-                       done=st.done | jnp.isin(nxt, eos_ids), cache=out.cache)
-
-  state = jax.lax.while_loop(cond, body, state)
-  # A row's length: up to and including its EOS, else everything written.
-  is_eos = jnp.isin(state.tokens, eos_ids) & (jnp.arange(buffer_size) < state.step)
-  lengths = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, state.step)
-  return GenerateOutput(tokens=state.tokens, lengths=lengths.astype(jnp.int32))
