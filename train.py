@@ -27,9 +27,10 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("lalmjax").setLevel(logging.INFO)
   result = trainer.train(_CONFIG.value, _WORKDIR.value)
-  print(f"done: step {result.get('step')}, loss {result.get('loss', float('nan')):.4f}, "
-        f"{result.get('compilations')} compilation(s), {result.get('skipped')} skipped "
-        f"utterance(s); workdir {_WORKDIR.value}")
+  loss = f"loss {result['loss']:.4f}, " if "loss" in result else ""
+  print(f"done: step {result.get('step')}, {loss}{result.get('compilations')} "
+        f"compilation(s), {result.get('skipped')} skipped utterance(s); "
+        f"workdir {_WORKDIR.value}")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,8 @@ Text normalisation (WER only; BLEU and chrF score the raw text, as sacrebleu exp
   (contractions, titles such as "Mr." -> "mister", spelled numbers -> digits, fillers
   such as "uh"/"hmm" dropped, punctuation and diacritics removed). Its British -> American
   spelling table is not shipped with transformers 5.x: it is a Whisper tokenizer's
-  ``normalizer.json``, and ``../shared/checkpoints/whisper-tiny.en/`` has none (config,
-  generation config, safetensors, preprocessor config and ``tokenizer.json`` only).
-  So the table defaults to empty ("colour" stays "colour"), and ``spelling_path`` (a
+  ``normalizer.json``, which the Whisper folders used here do not carry. So the table
+  defaults to empty ("colour" stays "colour"), and ``spelling_path`` (a
   ``normalizer.json`` or a tokenizer folder holding one) loads it.
 - Any other language: ``basic_normalize``, lower case, words in <...>, [...] and (...)
   dropped, punctuation and symbols -> spaces, whitespace collapsed. It is Whisper's

@@ -398,6 +398,10 @@ def train(config, workdir: str) -> dict[str, Any]:
     log.info("exported the trained trees to %s", out)
   writer.close()
   ckpt.close()
+  if not last_logged:  # resumed at total_steps: nothing left to train
+    log.info("%s is already at step %d of %d: nothing to train", workdir, start,
+             config.total_steps)
+    last_logged = {"step": start}
   last_logged.update(compilations=len(compiled), skipped=totals["skipped"],
                      left_out=totals["left_out"], preempted=preemption.requested)
   return last_logged
