@@ -66,6 +66,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.method = "uniavg"  # compression: uniavg | unisamp | unseg | stack.
   m.factor = 2  # compression factor k >= 1 (1 = frame level, 50 audio tokens/s).
   m.method_options = ml_collections.ConfigDict()  # method keyword options, e.g. smooth=3.
+  m.train_factors = ()  # elastic rate: each training step's k is drawn from these (e.g.
+  #                      (1, 2, 3, 4, 6); a function of seed and step), one model for
+  #                      every rate; () = model.factor always. eval.py uses model.factor
+  #                      (--config.model.factor=k scores another rate). Not with stack.
   m.projector = "linear"  # audio-token projector: linear | mlp.
   m.projector_hidden = 0  # hidden width of the mlp projector (0 = LLM width).
   m.window_overlap_seconds = 0.0  # long-form audio: seconds shared by consecutive
@@ -167,6 +171,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     _fail("model.method", m.method, f"expected one of {list(compression.registered_methods())}")
   if not isinstance(m.factor, int) or isinstance(m.factor, bool) or m.factor < 1:
     _fail("model.factor", m.factor, "expected an int >= 1")
+  if any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in m.train_factors):
+    _fail("model.train_factors", m.train_factors, "expected a tuple of ints >= 1")
+  if m.train_factors and m.method == "stack":
+    _fail("model.train_factors", m.train_factors, "stack's projector width depends on k: "
+          "an elastic rate needs uniavg, unisamp or unseg")
   try:
     compression.validate_options(m.method, **dict(m.method_options))
   except ValueError as e:

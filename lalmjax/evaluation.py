@@ -49,11 +49,37 @@ def restore_trained(config, workdir: str, model: experiment.Model, mesh,
   trainable, frozen = training.partition(model.variables, patterns)
   _, _, state_sh = trainer.train_state_shardings(model, patterns, tx, mesh)
   stored = ckpt.restore_meta(step)
-  run_checkpoints.check_compatible(stored, trainer.run_metadata(config, model, mesh), workdir)
+  current = trainer.run_metadata(config, model, mesh)
+  run_checkpoints.check_compatible(stored, current, workdir,
+                                   free_shape_keys=rate_free_keys(stored, current))
   init = jax.eval_shape(lambda t: training.init_train_state(t, tx), trainable)
   state, _, _ = ckpt.restore(step, run_checkpoints.abstract_like(init, state_sh))
   ckpt.close()
   return training.combine(state.trainable, frozen), step
+
+
+def rate_free_keys(stored: dict, current: dict) -> tuple[str, ...]:
+  """Model-shape fields an evaluation may change from the trained run's: the rate
+  (factor, method, its options) where the params do not depend on it, i.e. unless
+  either side is stack (its projector width is k * D). Elastic-rate models, and fixed-k
+  models scored at another k."""
+  methods = {stored.get("model_shape", {}).get("method"),
+             current.get("model_shape", {}).get("method")}
+  return () if "stack" in methods else ("factor", "method", "method_options")
+
+
+def _rate_suffix(config, workdir: str) -> str:
+  """"-<method>-k<factor>" when scoring at a rate other than the run's training config
+  (WORKDIR/config.json), so scores of several rates sit side by side; else ""."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return ""
+  with open(path) as f:
+    trained = json.load(f).get("model", {})
+  m = config.model
+  if (trained.get("method"), trained.get("factor")) == (m.method, m.factor):
+    return ""
+  return f"-{m.method}-k{m.factor}"
 
 
 def without_lora(model: experiment.Model, variables: dict):
@@ -104,7 +130,8 @@ def evaluate(config, workdir: str, step: int | None = None,
   module = model.module
   if no_lora:
     module, variables = without_lora(model, variables)
-  out_dir = out_dir or os.path.join(workdir, "eval", f"{step}" + ("-nolora" if no_lora else ""))
+  out_dir = out_dir or os.path.join(
+      workdir, "eval", f"{step}" + _rate_suffix(config, workdir) + ("-nolora" if no_lora else ""))
   os.makedirs(out_dir, exist_ok=True)
 
   paths = [experiment.resolve(p) for p in (manifests or config.data.test_manifests)]

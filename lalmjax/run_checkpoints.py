@@ -89,11 +89,20 @@ def abstract_like(tree, shardings):
                       tree, shardings)
 
 
-def check_compatible(stored: dict, current: dict, workdir: str):
+def check_compatible(stored: dict, current: dict, workdir: str,
+                     free_shape_keys: tuple[str, ...] = ()):
   """A resume must use the same base checkpoints and model shape as the saved run.
+
+  `free_shape_keys`: fields of the model shape allowed to differ (evaluation at another
+  compression rate: "factor", "method", "method_options").
 
   Raises ValueError naming the first field that differs, with both values.
   """
+  if free_shape_keys and "model_shape" in stored and "model_shape" in current:
+    stored = dict(stored, model_shape={k: v for k, v in stored["model_shape"].items()
+                                       if k not in free_shape_keys})
+    current = dict(current, model_shape={k: v for k, v in current["model_shape"].items()
+                                         if k not in free_shape_keys})
   for key in ("encoder", "llm", "lora", "model_shape", "tokenizer_hash"):
     if key in stored and key in current and stored[key] != current[key]:
       raise ValueError(

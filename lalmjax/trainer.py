@@ -62,7 +62,8 @@ def pipeline_config(config, *, train: bool = True) -> pipeline.PipelineConfig:
       with_targets=train, num_threads=d.num_threads, num_workers=d.num_workers,
       prefetch=d.prefetch, max_seconds=d.max_seconds or None,
       max_audio_tokens=d.max_audio_tokens,
-      system_prompt=d.system_prompt)
+      system_prompt=d.system_prompt,
+      factors=tuple(config.model.train_factors) if train else ())
 
 
 def feature_cache(config, workdir: str, model: experiment.Model, utterances,
@@ -293,13 +294,22 @@ def train(config, workdir: str) -> dict[str, Any]:
                                     num_steps=config.total_steps)
       it = data.iterator({"next_index": start})
 
-  step_fn = training.make_train_step(
-      model.module, tx, grad_accum_steps=config.optim.grad_accum_steps,
-      vocab_chunk=config.loss.vocab_chunk, seed=config.seed, lr_schedule=schedule)
   batch_sh = experiment.batch_sharding(mesh)
-  jitted = jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh),
+
+  def jitted_step(factor: int):
+    """The jitted train step of the model at compression `factor` (same params: an
+    elastic-rate run has one per k of model.train_factors)."""
+    module = model.module
+    if factor != module.config.factor:
+      module = module.clone(config=dataclasses.replace(module.config, factor=factor))
+    step_fn = training.make_train_step(
+        module, tx, grad_accum_steps=config.optim.grad_accum_steps,
+        vocab_chunk=config.loss.vocab_chunk, seed=config.seed, lr_schedule=schedule)
+    return jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
-  compiled: dict[int, Any] = {}  # bucket -> executable: one compilation per bucket
+
+  jitted: dict[int, Any] = {}  # factor -> jitted step
+  compiled: dict[tuple[int, int], Any] = {}  # (bucket, factor) -> executable
 
   writer = MetricWriter(workdir, enabled=is_main)
   batch_log = open(os.path.join(workdir, f"batches.p{jax.process_index()}.jsonl"), "a",
@@ -333,6 +343,7 @@ def train(config, workdir: str) -> dict[str, Any]:
              "step_time_s": elapsed / max(window["steps"], 1),
              "data_wait_s": window["data_wait"] / max(window["steps"], 1),
              "skipped": totals["skipped"], "bucket": host["bucket"],
+             "factor": host["factor"],
              "placeholder_mismatch": metrics["placeholder_mismatch"]}
       writer.write(step, row)
       bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['learning_rate']:.2e}",
@@ -357,16 +368,19 @@ def train(config, workdir: str) -> dict[str, Any]:
       t_data = time.perf_counter() - t0
       if batch["skipped"]:
         totals["skipped"] += len(batch["skipped"])
-      bucket = int(batch["bucket"])
+      bucket, factor = int(batch["bucket"]), int(batch["factor"])
       inputs = experiment.global_batch(pipeline.model_inputs(batch), mesh)
-      if bucket not in compiled:
+      key = (bucket, factor)
+      if key not in compiled:
         t_c = time.perf_counter()
-        compiled[bucket] = jitted.lower(state, frozen, inputs).compile()
+        if factor not in jitted:
+          jitted[factor] = jitted_step(factor)
+        compiled[key] = jitted[factor].lower(state, frozen, inputs).compile()
         t0 += time.perf_counter() - t_c  # compile time is reported apart, not as step time
-        log.info("compiled the train step for bucket %d %s in %.1f s; memory: %s", bucket,
-                 tuple(inputs["input_ids"].shape), time.perf_counter() - t_c,
-                 _describe_memory(compiled[bucket]))
-      state, metrics = compiled[bucket](state, frozen, inputs)
+        log.info("compiled the train step for bucket %d, k=%d %s in %.1f s; memory: %s",
+                 bucket, factor, tuple(inputs["input_ids"].shape), time.perf_counter() - t_c,
+                 _describe_memory(compiled[key]))
+      state, metrics = compiled[key](state, frozen, inputs)
       step += 1
       batch_log.write(json.dumps({"step": step, "epoch": int(batch["epoch"]),
                                   "index": batch["index"].tolist()}) + "\n")
@@ -379,7 +393,7 @@ def train(config, workdir: str) -> dict[str, Any]:
       # This step's wall time (data, dispatch, the previous step's metrics): counted
       # before a checkpoint step reports, so its rates cover the step itself.
       window["time"] += time.perf_counter() - t0
-      pending = (step, metrics, {"bucket": bucket})
+      pending = (step, metrics, {"bucket": bucket, "factor": factor})
       due = step % config.checkpoint_every == 0 or step == config.total_steps
       if due or preemption.requested:
         report(*pending)  # a checkpoint is written only after its loss was checked

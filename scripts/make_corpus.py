@@ -27,6 +27,9 @@ does not depend on the file system). Usage:
     python scripts/make_corpus.py --out data/demo --overwrite          # the committed demo
     python scripts/make_corpus.py --out /tmp/big --max_mb 0 --train_asr_en 20000 \\
         --train_s2tt_en_de 5000 --train_asr_de 2000 --workers 2        # a larger corpus
+    python scripts/make_corpus.py --out data/demo_multilingual --splits train --max_mb 0 \
+        --train_asr_en 0 --train_s2tt_en_de 40 --train_asr_de 60 --train_asr_es 60 \
+        --train_asr_fr 60      # training data beside data/demo (whose dev/test it shares)
 """
 
 from __future__ import annotations
@@ -200,9 +203,16 @@ def _clean(out: str, overwrite: bool) -> None:
 
 
 def build(out: str, counts: dict[str, dict[str, int]], seed: int, max_mb: float,
-          workers: int) -> list[tuple[Spec, int, int]]:
-  """Writes the audio; returns (spec, bytes, frames) of every utterance kept, in order."""
-  specs = plan(counts, seed)
+          workers: int, splits: Sequence[str] = ("test", "dev", "train")
+          ) -> list[tuple[Spec, int, int]]:
+  """Writes the audio; returns (spec, bytes, frames) of every utterance kept, in order.
+
+  Sentences are drawn for every split of `counts` (so the same seed and counts give the
+  same sentences in each split), but only `splits` are spoken and kept: a corpus that
+  adds training data to another one made with the same seed and dev/test counts, whose
+  dev/test it then shares, disjoint from its training text.
+  """
+  specs = [s for s in plan(counts, seed) if s.split in splits]
   fill_start = next((i for i, s in enumerate(specs) if (s.split, s.kind) == ("train", "asr_en")),
                     len(specs))
   fixed, fill = specs[:fill_start], specs[fill_start:]
@@ -243,7 +253,8 @@ def write_manifests(out: str, kept: Sequence[tuple[Spec, int, int]]) -> list[str
   """{split}.jsonl and {split}_{kind}.jsonl; returns the file names written."""
   files: dict[str, list[str]] = {}
   for split in ("train", "dev", "test"):
-    files[f"{split}.jsonl"] = []
+    if any(spec.split == split for spec, _, _ in kept):
+      files[f"{split}.jsonl"] = []
   for spec, _, frames in kept:
     line = _dumps(manifest_line(spec, frames))
     files[f"{spec.split}.jsonl"].append(line)
@@ -338,8 +349,14 @@ def write_readme(out: str, kept, manifests: Sequence[str], command: str, seed: i
       lang = src if task == "asr" else f"{src}->{tgt}"
       lines.append(f"| {split} | {kind} | {task} | {lang} | {n} | {secs / 60:.1f} | "
                    f"{nbytes / MB:.2f} |")
+  absent = [s for s in ("train", "dev", "test") if not any(k[0] == s for k in table)]
+  if absent:
+    lines += ["", f"No {'/'.join(absent)} split here: only the splits named by `--splits` are",
+              "spoken. A corpus made with the same seed and dev/test counts (the command",
+              "below; data/demo for the defaults) has them, disjoint from this training text."]
   train_kinds = {kind for split, kind in table if split == "train"}
-  lines += ["", "English ASR training is as large as the size limit allows."]
+  if "asr_en" in train_kinds:
+    lines += ["", "English ASR training is as large as the size limit allows."]
   missing = [k for k in ("asr_de", "asr_es", "asr_fr") if k not in train_kinds]
   if missing:
     lines += [f"{', '.join(missing)} are in dev/test only (zero-shot evaluation of a model",
@@ -452,14 +469,19 @@ def main(argv: Sequence[str] | None = None) -> None:
           "train", "asr_en") else ""
       parser.add_argument(f"--{split}_{kind}", type=int, default=n,
                           help=f"utterances of {kind} in {split}{note}")
+  parser.add_argument("--splits", default="test,dev,train",
+                      help="splits to speak and write (all are drawn: see build)")
   args = parser.parse_args(argv)
+  splits = tuple(x for x in args.splits.split(",") if x)
+  if not splits or set(splits) - set(DEFAULT_COUNTS):
+    parser.error(f"--splits={args.splits!r}: expected a comma list of {list(DEFAULT_COUNTS)}")
   if shutil.which("espeak-ng") is None:
     raise SystemExit("espeak-ng is not installed (apt-get install espeak-ng)")
   counts = {split: {kind: getattr(args, f"{split}_{kind}") for kind in per_kind}
             for split, per_kind in DEFAULT_COUNTS.items()}
   out = args.out
   _clean(out, args.overwrite)
-  kept = build(out, counts, args.seed, args.max_mb, args.workers)
+  kept = build(out, counts, args.seed, args.max_mb, args.workers, splits)
   manifests = write_manifests(out, kept)
   versions = software_versions()
   write_meta(out, args.seed, counts, kept, args.max_mb, versions)

@@ -109,3 +109,32 @@ def test_transcribe_any_length_and_reports_bad_files(run, tmp_path):
   assert [r[0] for r in results] == [good, bad]
   assert results[0][1] is not None and results[0][2] is None
   assert results[1][1] is None and "bad.flac" in results[1][2]
+
+
+def test_eval_at_another_rate_scores_into_its_own_folder(run):
+  """uniavg params do not depend on k: a k=2 run scores at k=3 (its prompts hold
+  ceil(frames / 3) audio tokens), into eval/<step>-uniavg-k3."""
+  config, workdir, _ = run
+  c = config.copy_and_resolve_references()
+  c.model.factor = 3
+  scores = evaluation.evaluate(c, workdir)
+  assert scores["out_dir"].endswith(os.path.join("eval", "2-uniavg-k3"))
+  assert scores["num_utterances"] == 15  # the corrupt file skipped, as at k=2
+  assert scores["llm_audio_tokens_per_second"] == pytest.approx(50 / 3, rel=0.05)
+
+
+def test_a_stack_run_refuses_another_rate():
+  from lalmjax import run_checkpoints
+
+  shape = lambda method, k: {"model_shape": {"method": method, "factor": k, "projector": "x"}}
+  for a, b in ((shape("uniavg", 2), shape("uniavg", 3)), (shape("uniavg", 2),
+                                                           shape("unseg", 2))):
+    run_checkpoints.check_compatible(a, b, "w", evaluation.rate_free_keys(a, b))
+  for a, b in ((shape("stack", 2), shape("stack", 3)), (shape("uniavg", 2), shape("stack", 2))):
+    with pytest.raises(ValueError, match="model_shape"):
+      run_checkpoints.check_compatible(a, b, "w", evaluation.rate_free_keys(a, b))
+  # The projector is never free.
+  a, b = shape("uniavg", 2), shape("uniavg", 3)
+  b["model_shape"]["projector"] = "y"
+  with pytest.raises(ValueError, match="model_shape"):
+    run_checkpoints.check_compatible(a, b, "w", evaluation.rate_free_keys(a, b))

@@ -289,3 +289,44 @@ def test_compression_token_budget_matches_the_pipeline():
   for frames in (1, 2, 3, 49, 50, 99, 100):
     for k in (1, 2, 3, 4, 6):
       assert compression.num_output_tokens(frames, k) == -(-frames // k)
+
+
+def test_elastic_rate_draws_k_per_step_and_sizes_prompts_for_it(corpus):
+  """factors=(1, 2, 3): each step's k is step_factor(seed, step), its prompts hold
+  ceil(frames / k) placeholders, padded to prompt_length(bucket, k); a restart at a
+  step draws what the uninterrupted run drew."""
+  utts, tok = corpus
+  builder = prompts.PromptBuilder(prompts.load_tokenizer(tok))
+  buckets = bucketing.parse_buckets(BUCKETS)
+  p = make(corpus, seed=5, num_steps=12, factors=(1, 2, 3))
+  batches = list(p.iterator())
+  ks = [int(b["factor"]) for b in batches]
+  assert ks == [pipeline.step_factor(5, s, (1, 2, 3)) for s in range(12)]
+  assert set(ks) == {1, 2, 3}  # 12 draws of 3 values (checked for this seed)
+  for batch in batches:
+    k, bucket = int(batch["factor"]), buckets[batch["bucket"]]
+    assert batch["input_ids"].shape[1] == SPEC.prompt_length(bucket, k)
+    for row, idx in enumerate(batch["index"]):
+      if idx < 0:
+        continue
+      samples = int(round(utts[idx].duration * audio.SAMPLE_RATE))
+      frames = lalm.num_encoder_frames(samples, WINDOW_POSITIONS)
+      placeholders = int(np.sum(batch["input_ids"][row] == builder.audio_token_id))
+      assert placeholders == -(-frames // k)
+  # The audio part of the longest utterance scales with k; k = the model's factor
+  # keeps the bucket's length.
+  b = buckets[1]
+  t = SPEC.bucket_frames(b)
+  assert SPEC.prompt_length(b, SPEC.factor) == b.max_length
+  assert SPEC.prompt_length(b, 1) >= b.max_length + t - -(-t // 2)
+  assert SPEC.prompt_length(b, 1) % 8 == 0
+  # A restart at step 7 (as a resumed run) sees the same k and rows.
+  again = list(make(corpus, seed=5, num_steps=12, factors=(1, 2, 3)).iterator(
+      {"next_index": 7}))
+  assert [int(x["factor"]) for x in again] == ks[7:]
+  assert [x["index"].tolist() for x in again] == [x["index"].tolist() for x in batches[7:]]
+  # No factors: the model's k at every step, the bucket's own length.
+  fixed = next(iter(make(corpus, seed=5, num_steps=1)))
+  assert int(fixed["factor"]) == SPEC.factor
+  with pytest.raises(ValueError, match="factors"):
+    pipeline.PipelineConfig(buckets=BUCKETS, factors=(0, 2))

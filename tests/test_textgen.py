@@ -415,6 +415,35 @@ def test_demo_size_and_readme(demo):
   assert len(manifests["train_asr_en.jsonl"]) > len(manifests["test_asr_en.jsonl"])
 
 
+def test_multilingual_training_corpus_beside_the_demo(demo):
+  """data/demo_multilingual: German/Spanish/French training speech drawn with the demo's
+  seed and dev/test counts (so those splits are the demo's), only train spoken; its
+  texts regenerate, its audio matches, none is a demo dev/test sentence."""
+  root = os.path.join(REPO, "data", "demo_multilingual")
+  with open(os.path.join(root, "meta.json"), encoding="utf-8") as f:
+    meta = json.load(f)
+  demo_meta, manifests = demo
+  assert meta["seed"] == demo_meta["seed"]
+  for split in ("dev", "test"):
+    assert meta["requested"][split] == demo_meta["requested"][split]
+  with open(os.path.join(root, "train.jsonl"), encoding="utf-8") as f:
+    lines = [json.loads(x) for x in f]
+  splits = textgen.make_splits(meta["requested"], meta["seed"])
+  for kind in ("asr_de", "asr_es", "asr_fr"):
+    mine = [x for x in lines if x["id"].startswith(f"train-{kind.replace('_', '-')}-")]
+    assert len(mine) == meta["written"]["train"][kind] > 0, kind
+    assert [x["text"] for x in mine] == [s.text for s in splits["train"][kind]], kind
+    assert {x["source_lang"] for x in mine} == {kind[-2:]}
+  for x in lines:
+    info = sf.info(os.path.join(root, x["audio"]))
+    assert info.samplerate == 16000 and abs(info.frames / 16000 - x["duration"]) <= 0.01
+  held = {textgen.normalize(x["text"]) for split in ("dev", "test")
+          for x in manifests[f"{split}.jsonl"]}
+  held |= {textgen.normalize(x["translation"]) for split in ("dev", "test")
+           for x in manifests[f"{split}.jsonl"] if x.get("translation")}
+  assert not {textgen.normalize(x["text"]) for x in lines} & held
+
+
 def _load_script():
   path = os.path.join(REPO, "scripts", "make_corpus.py")
   spec = importlib.util.spec_from_file_location("make_corpus", path)

@@ -356,3 +356,26 @@ def test_chunked_cross_entropy_in_the_step_equals_full_logits(corpus, tmp_path):
   worst = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
                                            chunked, full)))
   assert worst < 1e-5
+
+
+def test_elastic_rate_trains_each_step_at_its_drawn_k(corpus, tmp_path):
+  """model.train_factors=(1, 2, 3): step s runs at k = step_factor(seed, s) with one
+  compilation per k drawn, prompts sized for it (no placeholder mismatch), and the
+  first step's loss equals that of a fixed-k run at the same k (same init, same rows)."""
+  factors = (1, 2, 3)
+  c = make_config(corpus, **{"model.train_factors": factors, "total_steps": 4,
+                             "checkpoint_every": 4})
+  ks = [pipeline.step_factor(c.seed, s, factors) for s in range(4)]
+  out = trainer.train(c, str(tmp_path / "elastic"))
+  rows = read_metrics(str(tmp_path / "elastic" / "metrics.jsonl"))
+  assert [int(r["factor"]) for r in rows] == ks
+  assert all(r["placeholder_mismatch"] == 0 for r in rows)
+  assert out["compilations"] == len(set(ks))
+  fixed = make_config(corpus, **{"model.factor": ks[0], "total_steps": 1,
+                                 "checkpoint_every": 1})
+  trainer.train(fixed, str(tmp_path / "fixed"))
+  first = read_metrics(str(tmp_path / "fixed" / "metrics.jsonl"))[0]
+  assert rows[0]["loss"] == pytest.approx(first["loss"], rel=1e-5)
+  bad = make_config(corpus, **{"model.train_factors": factors, "model.method": "stack"})
+  with pytest.raises(ValueError, match="model.train_factors"):
+    base.validate(bad, num_devices=1, check_files=False)

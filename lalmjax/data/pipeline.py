@@ -72,6 +72,10 @@ class PipelineConfig:
     max_audio_tokens: an utterance needing more audio tokens is skipped and counted
       (0 = no cap).
     system_prompt: the chat system turn.
+    factors: elastic rate: each step's compression factor k is drawn from these, a
+      function of (seed, step) (`step_factor`), and the step's prompts hold
+      ceil(frames / k) audio tokens, padded to `prompt_length(bucket, k)`; () = the
+      model's factor (`AudioSpec.factor`) at every step.
   """
 
   buckets: tuple[Bucket, ...]
@@ -84,9 +88,13 @@ class PipelineConfig:
   max_seconds: float | None = None
   max_audio_tokens: int = 0
   system_prompt: str = prompts.DEFAULT_SYSTEM_PROMPT
+  factors: tuple[int, ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, "buckets", bucketing.parse_buckets(self.buckets))
+    object.__setattr__(self, "factors", tuple(int(k) for k in self.factors))
+    if any(k < 1 for k in self.factors):
+      raise ValueError(f"PipelineConfig.factors={self.factors}: expected ints >= 1")
     for name in ("num_threads", "prefetch"):
       if getattr(self, name) < 1:
         raise ValueError(f"PipelineConfig.{name}={getattr(self, name)} must be >= 1")
@@ -127,6 +135,27 @@ class AudioSpec:
   def bucket_frames(self, bucket: Bucket) -> int:
     """T of a bucket's cached-frame arrays: the kept frames of its longest utterance."""
     return self.windows.kept_frames(int(math.ceil(bucket.max_seconds * audio.SAMPLE_RATE)))
+
+  def prompt_length(self, bucket: Bucket, factor: int) -> int:
+    """Prompt tokens of `bucket`'s batches at compression `factor`.
+
+    `bucket.max_length` is the length at the model's own factor; at another k the
+    audio part of the longest utterance, ceil(T / k), replaces ceil(T / self.factor),
+    rounded up to a multiple of 8 (so an elastic run compiles once per bucket and k).
+    """
+    if factor == self.factor:
+      return bucket.max_length
+    t = self.bucket_frames(bucket)
+    n = bucket.max_length - int(compression.num_output_tokens(t, self.factor)) + int(
+        compression.num_output_tokens(t, factor))
+    return -(-n // 8) * 8
+
+
+def step_factor(seed: int, step: int, factors: Sequence[int]) -> int:
+  """The compression factor of training step `step` of an elastic-rate run: uniform
+  over `factors`, a pure function of (seed, step), so a resumed run draws the same."""
+  rng = np.random.default_rng([int(seed), int(step), 0xE1A57])
+  return int(factors[int(rng.integers(len(factors)))])
 
 
 class _StepSource:
@@ -176,8 +205,9 @@ class BatchLoader(grain.transforms.Map):
                                               system_prompt=self.config.system_prompt)
     return self._builder
 
-  def _load_row(self, utt, bucket: Bucket):
-    """(audio array, encoder frames, seconds, prompt) of one utterance.
+  def _load_row(self, utt, bucket: Bucket, factor: int, max_length: int):
+    """(audio array, encoder frames, seconds, prompt) of one utterance at compression
+    `factor`, its prompt at most `max_length` tokens.
 
     The audio array is the waveform (or the cached frames); encoder frames are the
     valid frames per window, int32[W] (or the kept count, with cached frames).
@@ -199,7 +229,7 @@ class BatchLoader(grain.transforms.Map):
       num_frames = self.spec.windows.window_frames(len(wav), self.spec.bucket_windows(bucket))
       kept = self.spec.windows.kept_frames(len(wav))
       seconds = len(wav) / audio.SAMPLE_RATE
-    n_audio = int(compression.num_output_tokens(kept, self.spec.factor))
+    n_audio = int(compression.num_output_tokens(kept, factor))
     if self.config.max_audio_tokens and n_audio > self.config.max_audio_tokens:
       raise ValueError(f"{utt.id}: {n_audio} audio tokens, more than max_audio_tokens="
                        f"{self.config.max_audio_tokens}")
@@ -207,14 +237,17 @@ class BatchLoader(grain.transforms.Map):
     prompt = self.builder.encode(utt.task, n_audio, target,
                                  prompts.language_name(utt.source_lang),
                                  prompts.language_name(utt.target_lang))
-    if len(prompt.input_ids) > bucket.max_length:
+    if len(prompt.input_ids) > max_length:
       raise ValueError(f"{utt.id}: prompt of {len(prompt.input_ids)} tokens is longer "
-                       f"than the bucket's max_length {bucket.max_length}")
+                       f"than the bucket's max_length {max_length} (at k={factor})")
     return data, num_frames, seconds, prompt
 
   def map(self, element: dict) -> dict[str, Any]:
     bucket = self.config.buckets[element["bucket"]]
     rows = element["rows"]
+    factor = (step_factor(self.config.seed, element["step"], self.config.factors)
+              if self.config.factors else self.spec.factor)
+    max_length = self.spec.prompt_length(bucket, factor)
     empty = self.builder.encode("asr", 0, None)
     skipped, datas, prompts_, num_frames, seconds, index = [], [], [], [], [], []
     for row in rows:
@@ -222,7 +255,7 @@ class BatchLoader(grain.transforms.Map):
       if row != PAD_INDEX:
         utt = self.utterances[row]
         try:
-          loaded = self._load_row(utt, bucket)
+          loaded = self._load_row(utt, bucket, factor, max_length)
         except (OSError, ValueError) as e:  # AudioError is a ValueError
           log.warning("skipping utterance %s: %s", utt.id, e)
           skipped.append((utt.id, str(e)))
@@ -241,8 +274,7 @@ class BatchLoader(grain.transforms.Map):
         index.append(int(row))
 
     side = "right" if self.config.with_targets else "left"
-    batch = prompts.pad_prompts(prompts_, self.builder.pad_id, length=bucket.max_length,
-                                side=side)
+    batch = prompts.pad_prompts(prompts_, self.builder.pad_id, length=max_length, side=side)
     b = len(rows)
     if self.feature_cache is not None:
       t = self.spec.bucket_frames(bucket)
@@ -268,7 +300,7 @@ class BatchLoader(grain.transforms.Map):
         num_frames=np.asarray(num_frames, np.int32),
         audio_seconds=np.asarray(seconds, np.float32),
         step=element["step"], epoch=element["epoch"], bucket=element["bucket"],
-        skipped=skipped)
+        factor=factor, skipped=skipped)
     return batch
 
 
