@@ -64,6 +64,8 @@ def main(argv):
   if config.model.llm_path:
     print(f"      config names an LLM ({config.model.llm_path}): no LM stage", flush=True)
   else:
+    if lm_pretraining.is_done(lm_dir):
+      print(f"      pretrained LM found in {lm_dir}, reused", flush=True)
     lm_pretraining.pretrain_lm(_LM_CONFIG.value, lm_dir)
     with config.unlocked():
       config.model.llm_path = lm_dir
@@ -73,9 +75,11 @@ def main(argv):
   print(f"[3/4] training {config.model.method} k={config.model.factor}, "
         f"{config.total_steps} steps -> {train_dir}", flush=True)
   result = trainer.train(config, train_dir)
-  loss = result.get("loss")
-  print(f"      at step {result.get('step')}" + (f", loss {loss:.3f}" if loss else ""),
-        flush=True)
+  if "loss" in result:
+    print(f"      trained to step {result['step']}, loss {result['loss']:.3f}", flush=True)
+  else:
+    print(f"      {train_dir} is already at step {result['step']} of {config.total_steps}: "
+          "nothing to train (a new --workdir or --config.total_steps trains more)", flush=True)
 
   print("[4/4] evaluation on " + ", ".join(config.data.test_manifests), flush=True)
   scores = evaluation.evaluate(config, train_dir)

@@ -139,7 +139,8 @@ def fill_cache(cache: FeatureCache, utterances: Sequence, encode: Callable,
 
   todo = [u for u in utterances if u.id not in cache]
   stats = {"encoded": 0, "cached": len(utterances) - len(todo), "skipped": {}}
-  bar = tqdm(total=len(todo), desc="encoder features", unit="utt", disable=not progress)
+  bar = tqdm(total=len(todo), desc="encoder features", unit="utt",
+             disable=not progress or not todo)
   for start in range(0, len(todo), batch_size):
     chunk, wavs = [], []
     for u in todo[start:start + batch_size]:
