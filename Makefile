@@ -14,10 +14,11 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
-# The main job on its built-in small default: train the tiny config on the bundled demo
-# corpus (data/demo); a re-run resumes from runs/tiny's latest checkpoint.
+# The main job: pip Whisper tiny.en + the demo LM stage -> train projector + LoRA on the
+# bundled demo corpus -> evaluate (scripts/run_demo.py, configs/demo.py) into runs/demo;
+# a re-run reuses the LM and cached frames and resumes the training.
 run: install
-	$(PYTHON) train.py --config=configs/tiny.py --workdir=runs/tiny
+	$(PYTHON) scripts/run_demo.py --workdir=runs/demo
 
 test: install
 	$(PYTHON) -m pytest tests -q -ra
