@@ -20,6 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH_AXES = ("data", "fsdp", "tensor")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "save_qkv_proj")
+ATTENTION = ("xla", "headmajor", "blocked")  # = lalmjax.models.attention.IMPLEMENTATIONS
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -91,6 +92,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.remat_policy = "none"  # LLM block remat: none | nothing_saveable | dots_saveable |
   #                          save_qkv_proj.
   m.encoder_remat = False  # rematerialise encoder blocks (when the encoder trains).
+  m.attention = "blocked"  # attention of encoder and LLM: xla (jax.nn.dot_product_attention)
+  #                          | headmajor | blocked (flash-style; fastest on CPU, exact).
 
   # Which variables train: regexes over '/'-joined paths ("params/projector/.*"); with
   # model.train_new_tokens, "params/llm/new_tokens/.*" trains too.
@@ -204,6 +207,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
       _fail(f"model.{key}", m[key], f"expected one of {list(DTYPES)}")
   if m.remat_policy not in REMAT_POLICIES:
     _fail("model.remat_policy", m.remat_policy, f"expected one of {list(REMAT_POLICIES)}")
+  if m.attention not in ATTENTION:
+    _fail("model.attention", m.attention, f"expected one of {list(ATTENTION)}")
   for key in ("encoder_path", "llm_path", "tokenizer_path"):
     path = resolve_path(m[key])
     if check_files and path and not os.path.isdir(path):

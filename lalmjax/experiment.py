@@ -83,16 +83,17 @@ def lalm_config(config, builder: prompts.PromptBuilder) -> lalm.LALMConfig:
   remat = None if m.remat_policy == "none" else m.remat_policy
   if m.encoder_path:
     enc = checkpoints.whisper_encoder_config(resolve(m.encoder_path))  # HF or CTranslate2
+    enc = dataclasses.replace(enc, attention=m.attention)
   else:
-    enc = whisper.WhisperEncoderConfig(**m.encoder.to_dict())
-    enc.validate()
+    enc = whisper.WhisperEncoderConfig(**m.encoder.to_dict(), attention=m.attention)
+  enc.validate()
   if m.llm_path:
     llm = qwen2.Qwen2Config.from_hf(checkpoints.read_config(resolve(m.llm_path)),
-                                    remat_policy=remat)
+                                    remat_policy=remat, attention=m.attention)
   else:
     shape = m.llm.to_dict()
     shape["vocab_size"] = shape["vocab_size"] or prompts.round_up(builder.vocab_size, 64)
-    llm = qwen2.Qwen2Config(**shape, remat_policy=remat)
+    llm = qwen2.Qwen2Config(**shape, remat_policy=remat, attention=m.attention)
   rows = llm.vocab_size  # the checkpoint's own rows
   llm = dataclasses.replace(llm, vocab_size=new_tokens.grown_vocab_size(rows,
                                                                          builder.vocab_size))

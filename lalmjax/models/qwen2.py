@@ -38,6 +38,7 @@ import numpy as np
 from flax import struct
 from jax.ad_checkpoint import checkpoint_name
 
+from lalmjax.models import attention
 from lalmjax.models.lora import LoraConfig, LoraDense
 from lalmjax.models.new_tokens import NewTokens, check_ids, embed_with_rows, write_rows
 
@@ -79,6 +80,7 @@ class Qwen2Config:
     tie_word_embeddings: the LM head reuses the token embedding (no lm_head param).
     max_position_embeddings: context length the model was trained for (informational).
     remat_policy: None (no remat) or a key of REMAT_POLICIES, applied per block.
+    attention: the attention implementation, one of ``attention.IMPLEMENTATIONS``.
   """
   vocab_size: int
   hidden_size: int
@@ -94,6 +96,7 @@ class Qwen2Config:
   tie_word_embeddings: bool = False
   max_position_embeddings: int = 32768
   remat_policy: str | None = None
+  attention: str = "blocked"
 
   @classmethod
   def from_hf(cls, hf: Mapping[str, Any], **overrides) -> "Qwen2Config":
@@ -173,6 +176,7 @@ class Qwen2Config:
     if self.remat_policy is not None and self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"Qwen2Config.remat_policy {self.remat_policy!r} is not one of "
                        f"{[None, *REMAT_POLICIES]}")
+    attention.check_implementation(self.attention, "Qwen2Config.attention")
 
   def linear_shapes(self) -> dict[str, tuple[int, int]]:
     """{linear layer name: (in, out)} for one decoder block (what LoRA can target)."""
@@ -345,9 +349,10 @@ class Attention(nn.Module):
       kv_cache = (cache_k, cache_v)
       key, value = cache_k.astype(self.dtype), cache_v.astype(self.dtype)
 
-    # GQA: jax groups the N query heads over the K kv heads (head n uses kv head n // G,
+    # GQA: the N query heads are grouped over the K kv heads (head n uses kv head n // G,
     # as HF's repeat_kv); scale 1/sqrt(H); softmax in float32.
-    out = jax.nn.dot_product_attention(q, key, value, mask=mask)  # [B, S, N, H]
+    out = attention.dot_product_attention(q, key, value, mask=mask,
+                                          implementation=cfg.attention)  # [B, S, N, H]
     out = nn.with_logical_constraint(
         out, ("activation_batch", "activation_length", "activation_heads", None))
     out = dense("o_proj", cfg.hidden_size, ("heads", "embed"), False)(

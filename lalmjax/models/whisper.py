@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lalmjax.models import attention
+
 Dtype = Any
 
 
@@ -34,6 +36,7 @@ class WhisperEncoderConfig:
   encoder_ffn_dim: int = 1536  # P.
   max_source_positions: int = 1500  # T of a 30 s window (50 frames/s).
   layer_norm_eps: float = 1e-5
+  attention: str = "blocked"  # implementation, one of attention.IMPLEMENTATIONS.
 
   @classmethod
   def from_hf(cls, hf: dict) -> "WhisperEncoderConfig":
@@ -60,6 +63,7 @@ class WhisperEncoderConfig:
     if self.d_model % self.encoder_attention_heads:
       raise ValueError(f"WhisperEncoderConfig: d_model={self.d_model} is not divisible by "
                        f"encoder_attention_heads={self.encoder_attention_heads}")
+    attention.check_implementation(self.attention, "WhisperEncoderConfig.attention")
 
   @property
   def num_mel_frames(self) -> int:
@@ -78,6 +82,12 @@ def _dense(features: int, axes: tuple[str, str], name: str, use_bias: bool = Tru
       features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
       kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
+
+
+def _gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU as PyTorch computes it, x/2 (1 + erf(x / sqrt 2)): on XLA:CPU ~5x faster
+  than jax.nn.gelu's erfc form, and equal to it within 1e-6 absolute."""
+  return 0.5 * x * (1.0 + jax.lax.erf(x * 0.7071067811865476))  # weak floats keep x's dtype
 
 
 def _layer_norm(name: str, eps: float, param_dtype: Dtype) -> nn.LayerNorm:
@@ -109,7 +119,8 @@ class WhisperAttention(nn.Module):
     q, k, v = (y.reshape(b, t, n, h) for y in (q, k, v))  # [B, T, N, H]
     q = nn.with_logical_constraint(
         q, ("activation_batch", "activation_length", "activation_heads", None))
-    out = jax.nn.dot_product_attention(q, k, v, scale=h ** -0.5)  # [B, T, N, H]
+    out = attention.dot_product_attention(q, k, v, scale=h ** -0.5,
+                                          implementation=cfg.attention)  # [B, T, N, H]
     out = out.reshape(b, t, d)
     return _dense(d, ("heads", "embed"), "out_proj", **kw)(out)
 
@@ -131,7 +142,7 @@ class WhisperEncoderLayer(nn.Module):
     x = x + WhisperAttention(cfg, name="self_attn", **kw)(h)
     h = _layer_norm("final_layer_norm", eps, self.param_dtype)(x).astype(self.dtype)
     h = _dense(cfg.encoder_ffn_dim, ("embed", "mlp"), "fc1", **kw)(h)
-    h = nn.gelu(h, approximate=False)
+    h = _gelu(h)
     h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
     x = x + _dense(cfg.d_model, ("mlp", "embed"), "fc2", **kw)(h)
     return nn.with_logical_constraint(
@@ -177,11 +188,11 @@ class WhisperEncoder(nn.Module):
     x = nn.Conv(d, (3,), padding=((1, 1),), name="conv1", bias_init=conv_bias, **kw,
                 kernel_init=nn.with_logical_partitioning(
                     nn.initializers.lecun_normal(), ("conv_kernel", "mel", "embed")))(x)
-    x = nn.gelu(x, approximate=False)
+    x = _gelu(x)
     x = nn.Conv(d, (3,), strides=(2,), padding=((1, 1),), name="conv2", bias_init=conv_bias,
                 **kw, kernel_init=nn.with_logical_partitioning(
                     nn.initializers.lecun_normal(), ("conv_kernel", "conv_in", "embed")))(x)
-    x = nn.gelu(x, approximate=False)  # [B, T, D]
+    x = _gelu(x)  # [B, T, D]
     positions = nn.Embed(
         cfg.max_source_positions, d, name="embed_positions", param_dtype=self.param_dtype,
         embedding_init=nn.with_logical_partitioning(

@@ -1,0 +1,226 @@
+"""Attention implementations: each equals a plain einsum-softmax reference (values and
+gradients, float32, 1e-5 relative); the models with "blocked" equal transformers (Whisper)
+and the default path (Qwen2 logits and greedy tokens)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lalmjax import checkpoints
+from lalmjax.models import attention, qwen2
+from test_whisper import reference_encoder, rel_err, save_tiny_whisper
+
+REL_TOL = 1e-5  # one module, float32 (STYLE.md)
+# Odd shapes: S, T not multiples of the blocks; GQA N=4 over K=2.
+B, S, T, N, K, H = 2, 37, 53, 4, 2, 8
+BLOCKS = dict(block_q=8, block_k=16)  # "blocked" runs 5 query x 4 key blocks
+
+
+def reference(q, k, v, mask, scale=None):
+  """softmax(q k^T) v with kv heads repeated; masked scores at jax's -0.7 * max."""
+  g = q.shape[2] // k.shape[2]
+  k, v = jnp.repeat(k, g, axis=2), jnp.repeat(v, g, axis=2)
+  scale = q.shape[-1] ** -0.5 if scale is None else scale
+  scores = jnp.einsum("bsnh,btnh->bnst", q, k) * scale
+  if mask is not None:
+    scores = jnp.where(mask, scores, -0.7 * jnp.finfo(jnp.float32).max)
+  return jnp.einsum("bnst,btnh->bsnh", jax.nn.softmax(scores, axis=-1), v)
+
+
+def masks():
+  """name -> bool mask broadcastable to [B, N or 1, S, T] (or None)."""
+  rng = np.random.default_rng(1)
+  keys = np.ones((B, T), bool)
+  keys[1, 40:] = False  # right padding of row 1's keys
+  keys[0, :5] = False  # left padding of row 0's keys
+  padding = keys[:, None, None, :].copy()
+  padding = np.broadcast_to(padding, (B, 1, S, T)).copy()
+  padding[1, 0, 3, :] = False  # a fully masked query row
+  causal = np.arange(T)[None, :] <= np.arange(S)[:, None] + (T - S)  # [S, T]
+  per_head = rng.random((B, N, S, T)) < 0.7
+  per_head[0, 2, 10, :] = False  # fully masked, in one head only
+  return {"none": None, "padding": padding, "causal": causal[None, None],
+          "padding_and_causal": padding & causal, "per_head": per_head}
+
+
+MASKS = masks()
+
+
+def inputs(dtype=jnp.float32, seed=0):
+  rng = np.random.default_rng(seed)
+  q = rng.standard_normal((B, S, N, H)) * 2  # wide score range: the running max matters
+  k = rng.standard_normal((B, T, K, H)) * 2
+  v = rng.standard_normal((B, T, K, H))
+  return tuple(jnp.asarray(x, dtype) for x in (q, k, v))
+
+
+def rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.abs(a - b).max() / max(1e-30, np.abs(b).max()))
+
+
+def run(impl, q, k, v, mask, **kw):
+  blocks = BLOCKS if impl == "blocked" else {}
+  return attention.dot_product_attention(q, k, v, mask=mask, implementation=impl,
+                                         **blocks, **kw)
+
+
+@pytest.mark.parametrize("mask_name", list(MASKS))
+@pytest.mark.parametrize("impl", attention.IMPLEMENTATIONS)
+def test_equals_reference(impl, mask_name):
+  q, k, v = inputs()
+  mask = MASKS[mask_name]
+  ours = jax.jit(lambda q, k, v: run(impl, q, k, v, mask))(q, k, v)
+  ref = reference(q, k, v, mask)
+  assert ours.shape == (B, S, N, H) and ours.dtype == jnp.float32
+  err = rel(ours, ref)
+  print(f"\n{impl} mask={mask_name}: rel err {err:.2e}")
+  assert err <= REL_TOL
+
+
+def test_fully_masked_row_is_the_mean_of_the_values():
+  """What jax.nn.dot_product_attention returns (uniform softmax), and so do all three."""
+  q, k, v = inputs()
+  mask = MASKS["padding"]
+  g = N // K
+  mean_v = np.repeat(np.asarray(v[1]).mean(axis=0), g, axis=0)  # [N, H] over all T keys
+  for impl in attention.IMPLEMENTATIONS:
+    out = np.asarray(run(impl, q, k, v, mask))
+    np.testing.assert_allclose(out[1, 3], mean_v, rtol=1e-5, atol=1e-6, err_msg=impl)
+
+
+@pytest.mark.parametrize("mask_name", ["padding_and_causal", "per_head"])
+@pytest.mark.parametrize("impl", attention.IMPLEMENTATIONS)
+def test_gradients_equal_reference(impl, mask_name):
+  q, k, v = inputs()
+  mask = MASKS[mask_name]
+  cotangent = jnp.asarray(np.random.default_rng(2).standard_normal((B, S, N, H)), jnp.float32)
+
+  def loss(fn):
+    return lambda q, k, v: jnp.sum(fn(q, k, v) * cotangent)
+
+  ours = jax.jit(jax.grad(loss(lambda *a: run(impl, *a, mask)), argnums=(0, 1, 2)))(q, k, v)
+  ref = jax.grad(loss(lambda *a: reference(*a, mask)), argnums=(0, 1, 2))(q, k, v)
+  for name, a, b in zip("qkv", ours, ref):
+    err = rel(a, b)
+    print(f"\n{impl} mask={mask_name} d{name}: rel err {err:.2e}")
+    assert err <= REL_TOL, name
+
+
+@pytest.mark.parametrize("block_q,block_k", [(1, 1), (37, 53), (64, 64), (5, 60), (13, 7)])
+def test_blocked_any_block_size(block_q, block_k):
+  q, k, v = inputs()
+  mask = MASKS["padding_and_causal"]
+  ours = attention.dot_product_attention(q, k, v, mask=mask, implementation="blocked",
+                                         block_q=block_q, block_k=block_k)
+  assert rel(ours, reference(q, k, v, mask)) <= REL_TOL
+
+
+def test_scale_and_single_query():
+  """A decode step (S=1) against a long cache, and an explicit scale."""
+  q, k, v = inputs()
+  q1, mask1 = q[:, :1], MASKS["padding"][:, :, :1]
+  for impl in attention.IMPLEMENTATIONS:
+    ours = run(impl, q1, k, v, mask1, scale=0.3)
+    assert rel(ours, reference(q1, k, v, mask1, scale=0.3)) <= REL_TOL, impl
+
+
+def test_bfloat16_inputs_accumulate_in_float32():
+  q, k, v = inputs(jnp.bfloat16)
+  mask = MASKS["padding_and_causal"]
+  ref = reference(*(x.astype(jnp.float32) for x in (q, k, v)), mask)
+  xla = run("xla", q, k, v, mask)
+  for impl in attention.IMPLEMENTATIONS:
+    out = run(impl, q, k, v, mask)
+    assert out.dtype == jnp.bfloat16
+    # bf16 rounding of the inputs' products and of the probabilities (as the xla path).
+    print(f"\n{impl} bf16: rel err vs f32 {rel(out, ref):.2e}, vs xla bf16 {rel(out, xla):.2e}")
+    assert rel(out, ref) <= 2e-2, impl
+
+
+def test_bad_arguments_are_rejected():
+  q, k, v = inputs()
+  with pytest.raises(ValueError, match="not an attention implementation"):
+    attention.dot_product_attention(q, k, v, implementation="flash")
+  with pytest.raises(ValueError, match="N a multiple of K"):
+    attention.dot_product_attention(q[:, :, :3], k, v)
+  with pytest.raises(ValueError, match="mask must be bool"):
+    attention.dot_product_attention(q, k, v, mask=jnp.ones((S, T), jnp.int32))
+
+
+# ---------------------------------------------------------------------------------------
+# In the models.
+
+
+@pytest.mark.parametrize("impl", attention.IMPLEMENTATIONS)
+def test_whisper_encoder_equals_transformers(tmp_path, impl):
+  """30 s (1500 frames: 3 x 3 blocks of 500 with the default blocks) vs transformers."""
+  model = save_tiny_whisper(tmp_path, n_mels=80, d=64, layers=2, heads=4, ffn=128)
+  module, params = checkpoints.load_whisper_encoder(str(tmp_path))
+  module = module.clone(config=dataclasses.replace(module.config, attention=impl))
+  mel = np.random.default_rng(0).standard_normal((2, 80, 3000)).astype(np.float32)
+  ours = jax.jit(module.apply)({"params": params}, mel)
+  err = rel_err(ours, reference_encoder(model, mel))
+  print(f"\nwhisper attention={impl}: rel err {err:.2e}")
+  assert err <= 1e-4
+
+
+def test_whisper_config_rejects_unknown_attention(tmp_path):
+  save_tiny_whisper(tmp_path, n_mels=80, d=64, layers=1, heads=4, ffn=128, positions=100)
+  config = checkpoints.whisper_encoder_config(str(tmp_path))
+  assert config.attention == "blocked"  # the default, from_hf included
+  with pytest.raises(ValueError, match="WhisperEncoderConfig.attention='flash'"):
+    dataclasses.replace(config, attention="flash").validate()
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2():
+  config = qwen2.Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, head_dim=8, attention="xla")
+  module = qwen2.Qwen2(config)
+  params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  # Wider weights, so logits differ enough for greedy ties to be impossible.
+  params = jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p, params)
+  return module, params
+
+
+def left_padded(b=3, s=23, vocab=97):
+  rng = np.random.default_rng(0)
+  ids = rng.integers(1, vocab, (b, s)).astype(np.int32)
+  mask = np.ones((b, s), np.int32)
+  mask[1, :6] = 0
+  mask[2, :15] = 0
+  return np.where(mask == 1, ids, 0).astype(np.int32), mask
+
+
+def test_qwen2_blocked_equals_xla(tiny_qwen2, monkeypatch):
+  """Logits over a left-padded batch (blocks of 4: several per row, a padded last one),
+  and 12 greedy tokens through the KV cache (decode: one query against the cache)."""
+  module, params = tiny_qwen2
+  monkeypatch.setattr(attention, "DEFAULT_BLOCK_Q", 4)
+  monkeypatch.setattr(attention, "DEFAULT_BLOCK_K", 5)
+  blocked = module.clone(config=dataclasses.replace(module.config, attention="blocked"))
+  ids, mask = left_padded()
+  ref = module.apply({"params": params}, ids, mask)
+  ours = blocked.apply({"params": params}, ids, mask)
+  real = mask.astype(bool)
+  assert rel(np.asarray(ours)[real], np.asarray(ref)[real]) <= 1e-5
+
+  never = jnp.array([-1])
+  gen = [qwen2.greedy_generate(m, {"params": params}, ids, mask, jnp.int32(12), never,
+                               buffer_size=12).tokens for m in (module, blocked)]
+  print(f"\ngreedy xla:     {np.asarray(gen[0]).tolist()}\ngreedy blocked: "
+        f"{np.asarray(gen[1]).tolist()}")
+  np.testing.assert_array_equal(gen[0], gen[1])
+
+
+def test_qwen2_config_attention():
+  base = dict(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+              num_attention_heads=2, num_key_value_heads=1, head_dim=4)
+  assert qwen2.Qwen2Config(**base).attention == "blocked"
+  with pytest.raises(ValueError, match="Qwen2Config.attention='sdpa'"):
+    qwen2.Qwen2Config(**base, attention="sdpa").validate()
