@@ -94,6 +94,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.encoder_remat = False  # rematerialise encoder blocks (when the encoder trains).
   m.attention = "blocked"  # attention of encoder and LLM: xla (jax.nn.dot_product_attention)
   #                          | headmajor | blocked (flash-style; fastest on CPU, exact).
+  m.scan_layers = False  # encoder and LLM blocks under nn.scan (compile time independent
+  #                        of depth); params and LoRA stacked as layers/... [L, ...].
 
   # Which variables train: regexes over '/'-joined paths ("params/projector/.*"); with
   # model.train_new_tokens, "params/llm/new_tokens/.*" trains too.
@@ -209,6 +211,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     _fail("model.remat_policy", m.remat_policy, f"expected one of {list(REMAT_POLICIES)}")
   if m.attention not in ATTENTION:
     _fail("model.attention", m.attention, f"expected one of {list(ATTENTION)}")
+  if not isinstance(m.scan_layers, bool):
+    _fail("model.scan_layers", m.scan_layers, "expected True or False")
   for key in ("encoder_path", "llm_path", "tokenizer_path"):
     path = resolve_path(m[key])
     if check_files and path and not os.path.isdir(path):

@@ -317,7 +317,7 @@ def whisper_encoder_config(path: str):
 
 
 def load_whisper_encoder(path: str, dtype=jnp.float32, param_dtype=None, remat: bool = False,
-                         shardings=None):
+                         shardings=None, scan_layers: bool = False):
   """Loads the encoder of a local Hugging Face (or CTranslate2) Whisper checkpoint.
 
   Accepts a full ``WhisperForConditionalGeneration`` (``model.encoder.*``), a
@@ -332,14 +332,23 @@ def load_whisper_encoder(path: str, dtype=jnp.float32, param_dtype=None, remat: 
     param_dtype: storage dtype of the loaded parameters (default: ``dtype``).
     remat: rematerialise encoder blocks in the backward pass.
     shardings: optional pytree of shardings (as the params) to load straight into.
+    scan_layers: a module whose blocks run under nn.scan; the per-layer tensors are
+      stacked into ``layers/...`` [L, ...] (`models.scan.stack_layers`).
 
   Returns:
     (module, params): ``module.apply({"params": params}, mel)`` with ``mel``
     float32[B, n_mels, 3000] gives the last hidden state [B, 1500, d].
   """
   from lalmjax import ct2_whisper  # local: it imports this module
-  from lalmjax.models import whisper  # local: checkpoints must not import every model
+  from lalmjax.models import scan, whisper  # local: checkpoints must not import every model
 
+  if scan_layers:
+    config = whisper_encoder_config(path)
+    module, params = load_whisper_encoder(
+        path, dtype, param_dtype, remat,
+        scan.unstack_shardings(shardings, config.encoder_layers))
+    module = module.clone(config=dataclasses.replace(module.config, scan_layers=True))
+    return module, scan.stack_layers(params, shardings, consume=True)
   if ct2_whisper.is_ct2_folder(path):
     return ct2_whisper.load_ct2_whisper_encoder(path, dtype, param_dtype, remat, shardings)
   param_dtype = dtype if param_dtype is None else param_dtype
@@ -375,7 +384,7 @@ def _qwen2_prefix(reader: SafetensorsReader) -> str:
 
 def load_qwen2(path: str, dtype=jnp.float32, param_dtype=None, lora_config=None,
                remat_policy: str | None = None, shardings=None, vocab_size: int | None = None,
-               new_token_ids: Sequence[int] = ()):
+               new_token_ids: Sequence[int] = (), scan_layers: bool = False):
   """Loads a local Hugging Face Qwen2 checkpoint (single file or sharded index).
 
   Accepts ``Qwen2ForCausalLM`` (``model.*`` + ``lm_head.weight``) and a bare
@@ -401,6 +410,8 @@ def load_qwen2(path: str, dtype=jnp.float32, param_dtype=None, lora_config=None,
       checkpoint's).
     new_token_ids: tokens whose rows train apart from the frozen embedding; their
       ``new_tokens/embedding`` param starts as a float32 copy of the loaded rows.
+    scan_layers: a module whose blocks run under nn.scan; the per-layer tensors are
+      stacked into ``layers/...`` [L, ...] (`models.scan.stack_layers`).
 
   Returns:
     (module, params): ``module.apply({"params": params}, input_ids)`` with int32 [B, S]
@@ -409,8 +420,15 @@ def load_qwen2(path: str, dtype=jnp.float32, param_dtype=None, lora_config=None,
   Raises:
     CheckpointError naming the file, field or tensor that does not fit.
   """
-  from lalmjax.models import qwen2  # local: checkpoints must not import every model
+  from lalmjax.models import qwen2, scan  # local: checkpoints must not import every model
 
+  if scan_layers:
+    layers = int(read_config(path).get("num_hidden_layers") or 0)  # 0: from_hf says why
+    module, params = load_qwen2(path, dtype, param_dtype, lora_config, remat_policy,
+                                scan.unstack_shardings(shardings, layers), vocab_size,
+                                new_token_ids)
+    module = module.clone(config=dataclasses.replace(module.config, scan_layers=True))
+    return module, scan.stack_layers(params, shardings, consume=True)
   param_dtype = dtype if param_dtype is None else param_dtype
   hf_config = read_config(path)
   try:
@@ -486,7 +504,7 @@ def _same_tensor(reader: SafetensorsReader, a: str, b: str, rows: int = 8192) ->
 
 def load_lalm(encoder_path: str, llm_path: str, audio_token_id: int, *,
               tokenizer_size: int | None = None, dtype=jnp.float32, param_dtype=None, rng=None,
-              encoder_remat: bool = False, **lalm_options):
+              encoder_remat: bool = False, scan_layers: bool = False, **lalm_options):
   """Pretrained Whisper encoder + Qwen2 from local folders; projector and LoRA initialised.
 
   The pretrained parts load first; then only what no checkpoint holds (the projector and
@@ -502,6 +520,7 @@ def load_lalm(encoder_path: str, llm_path: str, audio_token_id: int, *,
     dtype, param_dtype: compute / storage dtype of encoder and LLM.
     rng: key for the new parts (default PRNGKey(0)).
     encoder_remat: rematerialise encoder blocks.
+    scan_layers: encoder and LLM blocks under nn.scan (params and lora stacked).
     **lalm_options: the other `LALMConfig` fields (lora, method, factor, method_options,
       projector, projector_hidden, new_token_ids — e.g. `prompts.new_token_ids`, whose
       rows then train: a float32 copy of the loaded rows).
@@ -513,12 +532,14 @@ def load_lalm(encoder_path: str, llm_path: str, audio_token_id: int, *,
   from lalmjax.models import lalm  # local: checkpoints must not import every model
 
   param_dtype = dtype if param_dtype is None else param_dtype
-  enc_module, enc_params = load_whisper_encoder(encoder_path, dtype, param_dtype)
+  enc_module, enc_params = load_whisper_encoder(encoder_path, dtype, param_dtype,
+                                                scan_layers=scan_layers)
   stored_vocab = read_config(llm_path).get("vocab_size")
   vocab_size = (new_tokens.grown_vocab_size(stored_vocab, tokenizer_size)
                 if tokenizer_size is not None and isinstance(stored_vocab, int) else None)
   llm_module, llm_params = load_qwen2(llm_path, dtype, param_dtype, vocab_size=vocab_size,
-                                      new_token_ids=lalm_options.get("new_token_ids", ()))
+                                      new_token_ids=lalm_options.get("new_token_ids", ()),
+                                      scan_layers=scan_layers)
   try:
     config = lalm.LALMConfig(enc_module.config, llm_module.config, audio_token_id,
                              **lalm_options)

@@ -83,17 +83,20 @@ def lalm_config(config, builder: prompts.PromptBuilder) -> lalm.LALMConfig:
   remat = None if m.remat_policy == "none" else m.remat_policy
   if m.encoder_path:
     enc = checkpoints.whisper_encoder_config(resolve(m.encoder_path))  # HF or CTranslate2
-    enc = dataclasses.replace(enc, attention=m.attention)
+    enc = dataclasses.replace(enc, attention=m.attention, scan_layers=m.scan_layers)
   else:
-    enc = whisper.WhisperEncoderConfig(**m.encoder.to_dict(), attention=m.attention)
+    enc = whisper.WhisperEncoderConfig(**m.encoder.to_dict(), attention=m.attention,
+                                       scan_layers=m.scan_layers)
   enc.validate()
   if m.llm_path:
     llm = qwen2.Qwen2Config.from_hf(checkpoints.read_config(resolve(m.llm_path)),
-                                    remat_policy=remat, attention=m.attention)
+                                    remat_policy=remat, attention=m.attention,
+                                    scan_layers=m.scan_layers)
   else:
     shape = m.llm.to_dict()
     shape["vocab_size"] = shape["vocab_size"] or prompts.round_up(builder.vocab_size, 64)
-    llm = qwen2.Qwen2Config(**shape, remat_policy=remat, attention=m.attention)
+    llm = qwen2.Qwen2Config(**shape, remat_policy=remat, attention=m.attention,
+                            scan_layers=m.scan_layers)
   rows = llm.vocab_size  # the checkpoint's own rows
   llm = dataclasses.replace(llm, vocab_size=new_tokens.grown_vocab_size(rows,
                                                                          builder.vocab_size))
@@ -167,12 +170,13 @@ def build_model(config, workdir: str, mesh: Mesh, *, load_encoder: bool = True) 
   if m.encoder_path and load_encoder:
     _, loaded["encoder"] = checkpoints.load_whisper_encoder(
         resolve(m.encoder_path), dtype, param_dtype,
-        shardings=shardings["params"]["encoder"])
+        shardings=shardings["params"]["encoder"], scan_layers=m.scan_layers)
     sources["encoder"] = os.path.abspath(resolve(m.encoder_path))
   if m.llm_path:
     llm_module, loaded["llm"] = checkpoints.load_qwen2(
         resolve(m.llm_path), dtype, param_dtype, shardings=shardings["params"]["llm"],
-        vocab_size=cfg.llm.vocab_size, new_token_ids=cfg.new_token_ids)
+        vocab_size=cfg.llm.vocab_size, new_token_ids=cfg.new_token_ids,
+        scan_layers=m.scan_layers)
     if llm_module.config.tie_word_embeddings != cfg.llm.tie_word_embeddings:
       raise checkpoints.CheckpointError(
           f"{m.llm_path}: the stored lm_head unties a tied config; not supported here")

@@ -20,6 +20,7 @@ import numpy as np
 from flax import traverse_util
 
 from lalmjax.hf_names import default_hf_name
+from lalmjax.models import scan
 from lalmjax.models.qwen2 import Qwen2Config
 
 
@@ -71,7 +72,8 @@ def hf_tensors(params: Mapping, dtype=np.float32) -> dict[str, np.ndarray]:
     ValueError for params a Qwen2ForCausalLM does not hold (new-token rows, adapters),
     or a transform other than the kernels' transpose.
   """
-  flat = traverse_util.flatten_dict(dict(nn.unbox(params)))  # init's boxes off, if any
+  # init's boxes off, if any; scanned layers (layers/... [L, ...]) back to layers_i.
+  flat = traverse_util.flatten_dict(scan.unstack_layers(dict(nn.unbox(params))))
   extra = sorted("/".join(p) for p in flat if p[0] in ("new_tokens", "lora"))
   if extra:
     raise ValueError(f"save_qwen2: {extra[:3]} are not Qwen2ForCausalLM weights (merge new "

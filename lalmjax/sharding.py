@@ -9,7 +9,7 @@ the config, never model code.
 Logical names used by the models:
 
   weights      embed, heads, kv_heads, head_dim, mlp, vocab, mel, conv_kernel, conv_in,
-               position, norm, lora_rank, audio_embed
+               position, norm, lora_rank, audio_embed, layers (scan_layers)
   activations  activation_batch, activation_length, activation_embed,
                activation_heads, activation_kv_heads, activation_mlp, activation_vocab
   KV cache     cache_batch, cache_length, cache_kv_heads, cache_head_dim
@@ -43,6 +43,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("position", None),
     ("norm", None),
     ("lora_rank", None),
+    ("layers", None),  # the stacked axis of nn.scan'd blocks (models/scan.py)
     # Activations: the batch over data x fsdp; heads / mlp / vocab over tensor.
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", None),

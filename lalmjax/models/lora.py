@@ -32,6 +32,7 @@ import numpy as np
 from flax import traverse_util
 
 from lalmjax import hf_names
+from lalmjax.models import scan
 
 # The linear layers of the decoder LM, by their Hugging Face names; LoRA may target any.
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -241,8 +242,9 @@ def export_peft(lora_params: Mapping | None, lora_config: LoraConfig | None, out
 
   A Flax path ``layers_0/self_attn/q_proj/lora_A`` ([D, R]) becomes
   ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`` ([R, D], torch
-  layout); ``prefix`` is PEFT's wrapper (``base_model.model.``) plus the path of the
-  decoder inside ``Qwen2ForCausalLM`` (``model.``).
+  layout); a scanned tree (``layers/...`` [L, D, R], `models.scan`) is unstacked to
+  these per-layer names first. ``prefix`` is PEFT's wrapper (``base_model.model.``) plus
+  the path of the decoder inside ``Qwen2ForCausalLM`` (``model.``).
 
   The trained rows of new tokens (`models.new_tokens`; float32 [n, D] for the ids
   ``new_token_ids``) go in as peft's trainable tokens: ``trainable_token_indices`` and
@@ -265,7 +267,7 @@ def export_peft(lora_params: Mapping | None, lora_config: LoraConfig | None, out
     raise ValueError("export_peft: nothing to export (no lora tree, no new token rows)")
   tensors = {}
   if lora_params is not None:
-    adapters = _adapters(lora_params)
+    adapters = _adapters(scan.unstack_layers(nn.unbox(lora_params)))
     if not adapters:
       raise ValueError("export_peft: the lora tree holds no adapters")
     found = {p[-1] for p in adapters}

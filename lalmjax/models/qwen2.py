@@ -38,7 +38,7 @@ import numpy as np
 from flax import struct
 from jax.ad_checkpoint import checkpoint_name
 
-from lalmjax.models import attention
+from lalmjax.models import attention, scan
 from lalmjax.models.lora import LoraConfig, LoraDense
 from lalmjax.models.new_tokens import NewTokens, check_ids, embed_with_rows, write_rows
 
@@ -81,6 +81,8 @@ class Qwen2Config:
     max_position_embeddings: context length the model was trained for (informational).
     remat_policy: None (no remat) or a key of REMAT_POLICIES, applied per block.
     attention: the attention implementation, one of ``attention.IMPLEMENTATIONS``.
+    scan_layers: run the blocks under ``nn.scan``: params (and lora) stacked as
+      ``layers/...`` with a leading L axis (`models.scan`); the KV cache is scanned along.
   """
   vocab_size: int
   hidden_size: int
@@ -97,6 +99,7 @@ class Qwen2Config:
   max_position_embeddings: int = 32768
   remat_policy: str | None = None
   attention: str = "blocked"
+  scan_layers: bool = False
 
   @classmethod
   def from_hf(cls, hf: Mapping[str, Any], **overrides) -> "Qwen2Config":
@@ -177,6 +180,8 @@ class Qwen2Config:
       raise ValueError(f"Qwen2Config.remat_policy {self.remat_policy!r} is not one of "
                        f"{[None, *REMAT_POLICIES]}")
     attention.check_implementation(self.attention, "Qwen2Config.attention")
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"Qwen2Config.scan_layers must be a bool, got {self.scan_layers!r}")
 
   def linear_shapes(self) -> dict[str, tuple[int, int]]:
     """{linear layer name: (in, out)} for one decoder block (what LoRA can target)."""
@@ -463,9 +468,15 @@ class Qwen2(nn.Module):
       # Arg 6 (counting self) is `deterministic`, a Python bool.
       block = nn.remat(DecoderLayer, policy=REMAT_POLICIES[cfg.remat_policy],
                        static_argnums=(6,))
-    self.layers = [block(config=cfg, lora=self.lora, dtype=self.dtype,
-                         param_dtype=self.param_dtype)
-                   for _ in range(cfg.num_hidden_layers)]
+    kw = dict(config=cfg, lora=self.lora, dtype=self.dtype, param_dtype=self.param_dtype)
+    if cfg.scan_layers:
+      # Carry x; positions, mask, index and deterministic are the same for every layer;
+      # the cache's (k, v) [L, ...] is sliced per layer and stacked back.
+      self.layers = scan.scan_blocks(
+          block, cfg.num_hidden_layers,
+          in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast))(**kw)
+    else:
+      self.layers = [block(**kw) for _ in range(cfg.num_hidden_layers)]
     self.norm = RMSNorm(cfg.rms_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
     if not cfg.tie_word_embeddings:
       self.lm_head = nn.Dense(
@@ -518,12 +529,17 @@ class Qwen2(nn.Module):
     x = nn.with_logical_constraint(x, BLOCK_AXES)
 
     new_k, new_v = (None, None) if cache is None else (cache.k, cache.v)
-    for i, layer in enumerate(self.layers):
-      layer_cache = None if cache is None else (new_k[i], new_v[i])
-      x, layer_cache = layer(x, positions, attn_mask, layer_cache, index, deterministic)
-      if cache is not None:
-        new_k = new_k.at[i].set(layer_cache[0])
-        new_v = new_v.at[i].set(layer_cache[1])
+    if self.config.scan_layers:
+      kv = None if cache is None else (new_k, new_v)
+      x, kv = self.layers(x, positions, attn_mask, kv, index, deterministic)
+      new_k, new_v = (None, None) if cache is None else kv
+    else:
+      for i, layer in enumerate(self.layers):
+        layer_cache = None if cache is None else (new_k[i], new_v[i])
+        x, layer_cache = layer(x, positions, attn_mask, layer_cache, index, deterministic)
+        if cache is not None:
+          new_k = new_k.at[i].set(layer_cache[0])
+          new_v = new_v.at[i].set(layer_cache[1])
     x = self.norm(x)
 
     if cache is None:

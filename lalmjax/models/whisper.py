@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lalmjax.models import attention
+from lalmjax.models import attention, scan
 
 Dtype = Any
 
@@ -37,6 +37,7 @@ class WhisperEncoderConfig:
   max_source_positions: int = 1500  # T of a 30 s window (50 frames/s).
   layer_norm_eps: float = 1e-5
   attention: str = "blocked"  # implementation, one of attention.IMPLEMENTATIONS.
+  scan_layers: bool = False  # blocks under nn.scan: params stacked as layers/... [L, ...].
 
   @classmethod
   def from_hf(cls, hf: dict) -> "WhisperEncoderConfig":
@@ -64,6 +65,9 @@ class WhisperEncoderConfig:
       raise ValueError(f"WhisperEncoderConfig: d_model={self.d_model} is not divisible by "
                        f"encoder_attention_heads={self.encoder_attention_heads}")
     attention.check_implementation(self.attention, "WhisperEncoderConfig.attention")
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"WhisperEncoderConfig.scan_layers must be a bool, got "
+                       f"{self.scan_layers!r}")
 
   @property
   def num_mel_frames(self) -> int:
@@ -133,8 +137,8 @@ class WhisperEncoderLayer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [B, T, D] -> [B, T, D]."""
+  def __call__(self, x: jax.Array, _=None):
+    """x: [B, T, D] -> [B, T, D]; under nn.scan (config.scan_layers) (x, None) -> (x, None)."""
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     eps = cfg.layer_norm_eps
@@ -145,8 +149,9 @@ class WhisperEncoderLayer(nn.Module):
     h = _gelu(h)
     h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
     x = x + _dense(cfg.d_model, ("mlp", "embed"), "fc2", **kw)(h)
-    return nn.with_logical_constraint(
+    x = nn.with_logical_constraint(
         x, ("activation_batch", "activation_length", "activation_embed"))
+    return (x, None) if cfg.scan_layers else x
 
 
 class WhisperEncoder(nn.Module):
@@ -201,6 +206,9 @@ class WhisperEncoder(nn.Module):
     x = x + positions.embedding[:t].astype(self.dtype)[None]
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
     block = nn.remat(WhisperEncoderLayer) if self.remat else WhisperEncoderLayer
-    for i in range(cfg.encoder_layers):
-      x = block(cfg, name=f"layers_{i}", **kw)(x)
+    if cfg.scan_layers:
+      x, _ = scan.scan_blocks(block, cfg.encoder_layers)(cfg, name=scan.LAYERS, **kw)(x, None)
+    else:
+      for i in range(cfg.encoder_layers):
+        x = block(cfg, name=f"layers_{i}", **kw)(x)
     return _layer_norm("layer_norm", cfg.layer_norm_eps, self.param_dtype)(x).astype(self.dtype)
