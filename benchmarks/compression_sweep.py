@@ -213,6 +213,7 @@ def main():
   if args.quick:
     methods, factors = ["uniavg", "unisamp"], [1, 3]
     args.out = os.path.join(args.workdir, "compression_sweep")
+  args.workdir = os.path.abspath(args.workdir)  # the feature cache is relative to each run
   os.makedirs(args.workdir, exist_ok=True)
   t_start = time.perf_counter()
   lm = os.path.abspath(args.lm) if args.lm else lm_pretraining.pretrain_lm(

@@ -89,6 +89,28 @@ def abstract_like(tree, shardings):
                       tree, shardings)
 
 
+# How a model runs, not what its params are: a run resumes, or is scored, with another
+# attention implementation or remat policy.
+EXECUTION_ONLY = ("attention", "remat_policy")
+
+
+def param_shape(shape: dict, free: tuple[str, ...] = ()) -> dict:
+  """A recorded model shape without its execution-only fields (in the LALM, encoder and
+  LLM parts), without `free`, and without scan_layers when off (runs recorded before
+  the switch existed had unscanned params)."""
+  def clean(part: dict, drop: tuple[str, ...]) -> dict:
+    out = {k: v for k, v in part.items() if k not in EXECUTION_ONLY + drop}
+    if out.get("scan_layers") is False:
+      del out["scan_layers"]
+    return out
+
+  out = clean(shape, free)
+  for key in ("encoder", "llm"):
+    if isinstance(out.get(key), dict):
+      out[key] = clean(out[key], ())
+  return out
+
+
 def check_compatible(stored: dict, current: dict, workdir: str,
                      free_shape_keys: tuple[str, ...] = ()):
   """A resume must use the same base checkpoints and model shape as the saved run.
@@ -98,11 +120,9 @@ def check_compatible(stored: dict, current: dict, workdir: str,
 
   Raises ValueError naming the first field that differs, with both values.
   """
-  if free_shape_keys and "model_shape" in stored and "model_shape" in current:
-    stored = dict(stored, model_shape={k: v for k, v in stored["model_shape"].items()
-                                       if k not in free_shape_keys})
-    current = dict(current, model_shape={k: v for k, v in current["model_shape"].items()
-                                         if k not in free_shape_keys})
+  if "model_shape" in stored and "model_shape" in current:
+    stored = dict(stored, model_shape=param_shape(stored["model_shape"], free_shape_keys))
+    current = dict(current, model_shape=param_shape(current["model_shape"], free_shape_keys))
   for key in ("encoder", "llm", "lora", "model_shape", "tokenizer_hash"):
     if key in stored and key in current and stored[key] != current[key]:
       raise ValueError(

@@ -379,3 +379,20 @@ def test_elastic_rate_trains_each_step_at_its_drawn_k(corpus, tmp_path):
   bad = make_config(corpus, **{"model.train_factors": factors, "model.method": "stack"})
   with pytest.raises(ValueError, match="model.train_factors"):
     base.validate(bad, num_devices=1, check_files=False)
+
+
+def test_resume_check_ignores_how_the_model_runs_not_what_its_params_are():
+  """attention implementation and remat policy do not change the params: a run saved
+  with one resumes with another; scan_layers (stacked params) and widths do count."""
+  from lalmjax import run_checkpoints
+
+  def meta(**llm):
+    return {"model_shape": {"factor": 2, "encoder": {"d_model": 8},
+                            "llm": {"hidden_size": 16, **llm}}}
+
+  ok = run_checkpoints.check_compatible
+  ok(meta(), meta(attention="blocked", remat_policy="nothing_saveable", scan_layers=False), "w")
+  ok(meta(attention="xla", remat_policy=None), meta(attention="blocked"), "w")
+  for other in (meta(scan_layers=True), meta(hidden_size=32)):
+    with pytest.raises(ValueError, match="model_shape"):
+      ok(meta(), other, "w")
