@@ -112,11 +112,20 @@ def test_gradients_equal_reference(impl, mask_name):
 
 @pytest.mark.parametrize("block_q,block_k", [(1, 1), (37, 53), (64, 64), (5, 60), (13, 7)])
 def test_blocked_any_block_size(block_q, block_k):
+  """Values and (custom VJP) gradients, one block or many, padded or not."""
   q, k, v = inputs()
   mask = MASKS["padding_and_causal"]
-  ours = attention.dot_product_attention(q, k, v, mask=mask, implementation="blocked",
-                                         block_q=block_q, block_k=block_k)
-  assert rel(ours, reference(q, k, v, mask)) <= REL_TOL
+
+  def loss(fn):
+    return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
+
+  blocked = lambda q, k, v: attention.dot_product_attention(
+      q, k, v, mask=mask, implementation="blocked", block_q=block_q, block_k=block_k)
+  assert rel(jax.jit(blocked)(q, k, v), reference(q, k, v, mask)) <= REL_TOL
+  ours = jax.jit(jax.grad(loss(blocked), argnums=(0, 1, 2)))(q, k, v)
+  ref = jax.grad(loss(lambda *a: reference(*a, mask)), argnums=(0, 1, 2))(q, k, v)
+  for name, a, b in zip("qkv", ours, ref):
+    assert rel(a, b) <= REL_TOL, name
 
 
 def test_scale_and_single_query():
@@ -139,6 +148,16 @@ def test_bfloat16_inputs_accumulate_in_float32():
     # bf16 rounding of the inputs' products and of the probabilities (as the xla path).
     print(f"\n{impl} bf16: rel err vs f32 {rel(out, ref):.2e}, vs xla bf16 {rel(out, xla):.2e}")
     assert rel(out, ref) <= 2e-2, impl
+
+  # Gradients of bf16 inputs come back bf16, close to the float32 ones.
+  f32 = tuple(x.astype(jnp.float32) for x in (q, k, v))
+  ref_grads = jax.grad(lambda *a: jnp.sum(reference(*a, mask) ** 2), argnums=(0, 1, 2))(*f32)
+  grads = jax.grad(lambda *a: jnp.sum(run("blocked", *a, mask).astype(jnp.float32) ** 2),
+                   argnums=(0, 1, 2))(q, k, v)
+  for name, a, b in zip("qkv", grads, ref_grads):
+    assert a.dtype == jnp.bfloat16
+    print(f"blocked bf16 d{name}: rel err vs f32 {rel(a, b):.2e}")
+    assert rel(a, b) <= 5e-2, name
 
 
 def test_bad_arguments_are_rejected():
