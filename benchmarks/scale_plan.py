@@ -30,14 +30,23 @@ Run:
 Two runs at once need `ALLOW_MULTIPLE_LIBTPU_LOAD=1` (libtpu otherwise holds a lockfile);
 the cache is merged on every write.
 
+While others edit the tree, compile a snapshot of a commit instead (`--src`):
+
+    mkdir -p /tmp/src && git archive HEAD lalmjax configs | tar -x -C /tmp/src \
+        && git rev-parse --short HEAD > /tmp/src/.source
+
+`SCALE_PLAN_HLO_DIR=DIR` saves each compiled program's scheduled HLO; `--peak FILE` then
+lists what is live at its peak (the compiler's refusal names only the total).
+
 Each compile of the 7B step takes minutes on a small CPU host, so the plan does not
 search: for each topology and step it compiles the anchor batches (`ANCHORS`), fits
 per-chip memory as linear in the batch (temporaries grow with the activations, the
 arguments with the weights' shards), predicts the largest batch that leaves
 `--spare_gib` free, and verifies that batch with one compile (stepping down once on a
 miss). Results are cached in `benchmarks/results/scale_plan_cache.json`, keyed by
-every setting, so a re-run compiles only what is new; `--no_compile` reports from the
-cache alone. Writes `benchmarks/results/scale_plan.md` and, with `--json`, the records.
+every setting and the library's commit, so a re-run compiles only what is new;
+`--no_compile` reports from the cache alone. Writes `benchmarks/results/scale_plan.md`
+and, with `--json`, the records.
 """
 
 from __future__ import annotations
@@ -592,10 +601,11 @@ def write_report(path: str, plans: list[dict], cache: dict[str, dict], command: 
             "temporaries; spare = usable HBM (15.75 GiB on v5e) - total. TFLOPs per step "
             "= `cost_analysis()` flops of one chip's program x chips; XLA counts a while "
             "loop's body once, so the eval step's decode loop counts one token and the "
-            "scanned (`layers` = scan) compiles, marked *, count one layer of each stack. Batches are 30 s utterances; the prompt "
-            "length is `paper_asr.py`'s 30 s bucket, ceil(1500/k) audio tokens + 128 "
-            "rounded up to 64. Eval = encoder + prefill + greedy decoding of up to 256 "
-            "tokens into a KV cache.", ""]
+            "scanned (`layers` = scan) compiles, marked *, count one layer of each "
+            "stack. Batches are 30 s utterances; the prompt length is `paper_asr.py`'s "
+            "30 s bucket, ceil(1500/k) audio tokens + 128 rounded up to 64. Eval = "
+            "encoder + prefill + greedy decoding of up to 256 tokens into a KV cache.",
+            ""]
   lines += [f"## Largest verified per-chip batch with at least {spare:g} GiB spare", "",
             "From every compile so far: per library version, topology, step and k, the "
             "fitting compile with the most utterances per chip (ties: the most spare).",
@@ -610,7 +620,7 @@ def write_report(path: str, plans: list[dict], cache: dict[str, dict], command: 
         best[key] = r
   lines += [_row(best[key]) for key in sorted(best)]
   lines.append("")
-  if plans:
+  if any(p["anchors"] for p in plans):
     lines += ["## Plan", "", "Fits (temporaries linear in the per-chip batch, from the anchors, "
               "before verification):", "",
               "| topology | step | k | anchors (batch, temp GiB) | temp GiB at 0 | "
