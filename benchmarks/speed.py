@@ -743,12 +743,8 @@ def main(argv=None):
   repeats = 1 if args.smoke else 2 if args.quick else 5
 
   log("matmul peak ...")
-  rows, peak = matmul_rows(env, (256,) if args.smoke else (2048,) if args.quick
-                           else (2048, 4096), 3 if args.quick else 5)
-  peak_label = f"jnp.dot peak {peak / 1e9:.0f} GFLOP/s (measured)"
-  given = gpu_peak(args, env)
-  if given:
-    peak, peak_label = given
+  matmul_sizes = (256,) if args.smoke else (2048,) if args.quick else (2048, 4096)
+  rows, peak = matmul_rows(env, matmul_sizes, 3 if args.quick else 5)
   log("whisper encoder ...")
   enc_rows, frames, enc_config = encoder_rows(args, env, (1,) if args.smoke else (1, 8),
                                               repeats if args.quick else 3)
@@ -762,6 +758,15 @@ def main(argv=None):
                      decode_prompt=32)
   log("lalm train step ...")
   factors = (1, 3) if args.quick else (1, 2, 3, 4, 6)
+  # The peak again, just before the train steps (other jobs' load changes over a run):
+  # the better of the two measurements, so the MFU is not flattered by a slow moment.
+  _, peak_again = matmul_rows(env, matmul_sizes[:1], 3)
+  peak_label = (f"jnp.dot peak {max(peak, peak_again) / 1e9:.0f} GFLOP/s (best of "
+                f"{peak / 1e9:.0f} at the start, {peak_again / 1e9:.0f} before the steps)")
+  peak = max(peak, peak_again)
+  given = gpu_peak(args, env)
+  if given:
+    peak, peak_label = given
   t_rows, details = train_rows(args, env, frames, enc_config, factors, args.train_batch,
                                repeats if args.quick else 3, peak, peak_label)
   rows += t_rows
