@@ -46,7 +46,7 @@ def get_config(arg=None, encoder="pip:tiny.en", steps=600):
   audio_tokens = -(-300 // opts.k)
   c.data.buckets = ((6.0, 16, _round(audio_tokens + 96)),)
   c.data.feature_cache = "features"  # under the workdir: the encoder runs once per file
-  c.optim.learning_rate = 1e-3
+  c.optim.learning_rate = 3e-3  # measured: train loss 0.88 at step 400 (1e-3: 1.6 at 290)
   c.optim.warmup_steps = 30
   c.optim.weight_decay = 0.0
   c.eval.max_new_tokens = 48

@@ -92,6 +92,9 @@ def validate(config) -> None:
       not sum(weights.values()) > 0:
     _fail("text.formats", weights, f"expected weights >= 0 for {list(lm_text.FORMATS)}, "
           "not all 0")
+  lo, hi = (tuple(t.stretch) + (0, 0))[:2]
+  if len(t.stretch) != 2 or not 1 <= lo <= hi:
+    _fail("text.stretch", t.stretch, "expected (min, max) repeats with 1 <= min <= max")
   if config.optim.grad_accum_steps != 1:
     _fail("optim.grad_accum_steps", config.optim.grad_accum_steps, "expected 1 (rows are "
           "few and short: raise batch_size instead)")
@@ -278,7 +281,7 @@ def pretrain_lm(config, out_dir: str) -> str:
   batches, counts = lm_text.sample_batches(
       text, builder, steps=config.total_steps, batch_size=config.batch_size,
       max_length=config.max_length, max_sentences=t.max_sentences, weights=dict(t.formats),
-      seed=config.seed)
+      seed=config.seed, stretch=tuple(t.stretch))
   timings["examples"] = time.perf_counter() - t0
 
   cfg = model_config(config, len(tokenizer))

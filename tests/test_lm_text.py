@@ -100,6 +100,25 @@ def test_text_in_audio_puts_the_source_where_the_audio_goes(builder, text):
   np.testing.assert_array_equal(ex.input_ids[at + n:], lalm.input_ids[at + 1:])
 
 
+def test_stretched_repeats_each_source_token_and_keeps_it_out_of_the_loss(builder, text):
+  maker = lm_text.ExampleMaker(builder)
+  lang, sentence = next(s for s in text.sentences if s[0] == "en")
+  source = maker.ids(sentence)
+  repeats = np.arange(len(source)) % 3 + 2  # 2, 3, 4, 2, ...
+  ex = maker.task("text_in_audio", [(lang, sentence)], repeats)
+  plain = maker.task("text_in_audio", [(lang, sentence)])
+  at = int(np.flatnonzero(plain.input_ids == source[0])[0])
+  n = int(repeats.sum())
+  np.testing.assert_array_equal(ex.input_ids[at:at + n], np.repeat(source, repeats))
+  np.testing.assert_array_equal(ex.input_ids[:at], plain.input_ids[:at])
+  np.testing.assert_array_equal(ex.input_ids[at + n:], plain.input_ids[at + len(source):])
+  assert not ex.loss_mask[at:at + n].any()  # the stretched source is not predicted
+  assert builder.tokenizer.decode(ex.input_ids[ex.loss_mask]) == sentence + "<|im_end|>"
+  # Fewer repeats than tokens: the repeats cycle.
+  short = maker.task("text_in_audio", [(lang, sentence)], np.array([2]))
+  assert len(short.input_ids) == len(plain.input_ids) + len(source)
+
+
 def test_plain_is_sentences_each_closed_by_end_of_text(builder):
   maker = lm_text.ExampleMaker(builder)
   texts = ["Der Hund schläft.", "Die Katze isst."]
@@ -116,7 +135,8 @@ def test_plain_is_sentences_each_closed_by_end_of_text(builder):
 
 def test_batches_are_deterministic_and_count_formats(builder, text):
   kw = dict(steps=4, batch_size=4, max_length=128, max_sentences=2,
-            weights={"prompt": 1.0, "text_in_audio": 1.0, "scrambled": 1.0, "plain": 1.0})
+            weights={"prompt": 1.0, "text_in_audio": 1.0, "scrambled": 1.0, "stretched": 1.0,
+                     "plain": 1.0})
   a, counts = lm_text.sample_batches(text, builder, seed=3, **kw)
   b, _ = lm_text.sample_batches(text, builder, seed=3, **kw)
   c, _ = lm_text.sample_batches(text, builder, seed=4, **kw)

@@ -23,6 +23,11 @@ How. A row of a batch is one example, in one of four formats:
 - "scrambled": "text_in_audio" ASR of a sentence with its words shuffled. Grammar
   cannot predict the target, only copying can: without it, copying is not learned in
   a few CPU minutes (the LM's prior explains most of a grammatical target).
+- "stretched": "text_in_audio" ASR (words shuffled half of the time) with each source
+  token repeated r times, r drawn per token from `stretch` (min, max), the loss on the
+  target only. Audio tokens come 12-50 a second, text tokens 3-4: a word spans several
+  audio tokens. Reading a stretched source teaches the LM what the projector then
+  only has to supply frame by frame: the current token's embedding, repeated.
 - "plain": sentences each closed by ``<|endoftext|>`` (a document boundary, as in
   Qwen2's pretraining), as many as fit in the row, the loss on every token.
 
@@ -45,7 +50,7 @@ import numpy as np
 from lalmjax import prompts
 from lalmjax.data import manifest, textgen
 
-FORMATS = ("prompt", "text_in_audio", "scrambled", "plain")
+FORMATS = ("prompt", "text_in_audio", "scrambled", "stretched", "plain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,10 +201,12 @@ class ExampleMaker:
       self._ids[text] = self.builder.tokenizer(text, add_special_tokens=False)["input_ids"]
     return self._ids[text]
 
-  def task(self, fmt: str, items: Sequence[tuple[str, str]] | Sequence[Pair]
-           ) -> prompts.PromptIds:
+  def task(self, fmt: str, items: Sequence[tuple[str, str]] | Sequence[Pair],
+           repeats: np.ndarray | None = None) -> prompts.PromptIds:
     """ASR of sentences (lang, text) of one language, or S2TT of `Pair`s, in format
-    "prompt" or "text_in_audio"; several items are joined by spaces."""
+    "prompt" or "text_in_audio"; several items are joined by spaces. `repeats` (one int
+    per source token, "text_in_audio" only) repeats each source token so many times
+    ("stretched"), and keeps the source out of the loss."""
     if isinstance(items[0], Pair):
       task = "s2tt"
       source, target = " ".join(p.source for p in items), " ".join(p.target for p in items)
@@ -217,8 +224,11 @@ class ExampleMaker:
     # The one placeholder becomes the source text, in the loss.
     at = int(np.flatnonzero(p.input_ids == self.builder.audio_token_id)[0])
     source_ids = np.asarray(self.ids(source), np.int32)
+    in_loss = repeats is None
+    if repeats is not None:
+      source_ids = np.repeat(source_ids, np.resize(np.asarray(repeats), len(source_ids)))
     ids = np.concatenate([p.input_ids[:at], source_ids, p.input_ids[at + 1:]])
-    mask = np.concatenate([p.loss_mask[:at], np.ones(len(source_ids), bool),
+    mask = np.concatenate([p.loss_mask[:at], np.full(len(source_ids), in_loss),
                            p.loss_mask[at + 1:]])
     return prompts.PromptIds(ids, mask, 0)
 
@@ -236,7 +246,8 @@ class ExampleMaker:
 
 def sample_examples(text: LMText, builder: prompts.PromptBuilder, *, weights: dict[str, float],
                     max_sentences: int, max_length: int, seed: int,
-                    counts: dict[str, int] | None = None):
+                    counts: dict[str, int] | None = None,
+                    stretch: tuple[int, int] = (2, 8)):
   """An endless, deterministic stream of examples (`prompts.PromptIds`) of at most
   `max_length` tokens.
 
@@ -276,11 +287,14 @@ def sample_examples(text: LMText, builder: prompts.PromptBuilder, *, weights: di
     k = int(rng.integers(1, max_sentences + 1))
     if fmt == "plain":
       ex = maker.plain((sentences[draw(len(sentences))][1] for _ in range(64)), max_length)
-    elif fmt == "scrambled":
+    elif fmt in ("scrambled", "stretched"):
       items = asr_items(k)
       words = " ".join(t for _, t in items).split()
-      rng.shuffle(words)
-      ex = maker.task("text_in_audio", [(items[0][0], " ".join(words))])
+      if fmt == "scrambled" or rng.random() < 0.5:
+        rng.shuffle(words)
+      repeats = (rng.integers(stretch[0], stretch[1] + 1, size=4 * len(words) + 8)
+                 if fmt == "stretched" else None)
+      ex = maker.task("text_in_audio", [(items[0][0], " ".join(words))], repeats)
     else:
       i = draw(len(sentences) + len(pairs))
       items = (asr_items(k) if i < len(sentences) else
@@ -295,7 +309,7 @@ def sample_examples(text: LMText, builder: prompts.PromptBuilder, *, weights: di
 
 def sample_batches(text: LMText, builder: prompts.PromptBuilder, *, steps: int,
                    batch_size: int, max_length: int, max_sentences: int,
-                   weights: dict[str, float], seed: int
+                   weights: dict[str, float], seed: int, stretch: tuple[int, int] = (2, 8)
                    ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
   """`steps` batches of `batch_size` rows (one example each, `sample_examples`),
   right-padded to `max_length`; deterministic from `seed`.
@@ -306,7 +320,8 @@ def sample_batches(text: LMText, builder: prompts.PromptBuilder, *, steps: int,
   """
   counts = {f: 0 for f in FORMATS} | {"too_long": 0}
   stream = sample_examples(text, builder, weights=weights, max_sentences=max_sentences,
-                           max_length=max_length, seed=seed, counts=counts)
+                           max_length=max_length, seed=seed, counts=counts,
+                           stretch=stretch)
   rows = [next(stream) for _ in range(steps * batch_size)]
   arrays = prompts.pad_prompts(rows, builder.pad_id, length=max_length, side="right")
   counts["tokens"] = int(arrays["attention_mask"].sum())
