@@ -620,7 +620,7 @@ def write_report(path: str, plans: list[dict], cache: dict[str, dict], command: 
         best[key] = r
   lines += [_row(best[key]) for key in sorted(best)]
   lines.append("")
-  if any(p["anchors"] for p in plans):
+  if any("slope_gib" in p for p in plans):
     lines += ["## Plan", "", "Fits (temporaries linear in the per-chip batch, from the anchors, "
               "before verification):", "",
               "| topology | step | k | anchors (batch, temp GiB) | temp GiB at 0 | "
