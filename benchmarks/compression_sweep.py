@@ -109,42 +109,37 @@ def _machine() -> str:
 
 
 def _plots(rows: list[dict], out_prefix: str) -> list[str]:
+  """WER against audio tokens/s per method; elastic against fixed-k uniavg by k."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  curves = {  # file suffix: (x field, x label, title, [(method, style, label)])
+      "_wer_vs_rate.png": ("audio_tokens_per_s", "LLM audio tokens per second of audio",
+                           "WER vs audio-token rate (demo scale)",
+                           [(m, "o-", m) for m in METHODS + ("uniavg-nolora",)]),
+      "_elastic.png": ("k", "compression factor k",
+                       "Elastic-rate model vs fixed-k uniavg models",
+                       [("uniavg", "o-", "uniavg (one model per k)"),
+                        ("elastic", "s--", "elastic (one model, k drawn per step)")]),
+  }
   paths = []
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for name in METHODS + ("uniavg-nolora",):
-    pts = sorted((r["audio_tokens_per_s"], r["wer"]) for r in rows if r["method"] == name)
-    if pts:
-      ax.plot(*zip(*pts), marker="o", label=name)
-  ax.set_xlabel("LLM audio tokens per second of audio")
-  ax.set_ylabel("WER (%)")
-  ax.set_title("WER vs audio-token rate (demo scale)")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  paths.append(out_prefix + "_wer_vs_rate.png")
-  fig.savefig(paths[-1], dpi=120)
-  plt.close(fig)
-
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for name, style in (("uniavg", "o-"), ("elastic", "s--")):
-    pts = sorted((r["k"], r["wer"]) for r in rows if r["method"] == name)
-    if pts:
-      ax.plot(*zip(*pts), style, label=f"{name}" + (" (one model per k)" if name == "uniavg"
-                                                    else " (one model, k drawn per step)"))
-  ax.set_xlabel("compression factor k")
-  ax.set_ylabel("WER (%)")
-  ax.set_title("Elastic-rate model vs fixed-k uniavg models")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  paths.append(out_prefix + "_elastic.png")
-  fig.savefig(paths[-1], dpi=120)
-  plt.close(fig)
+  for suffix, (x, xlabel, title, lines) in curves.items():
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, style, label in lines:
+      pts = sorted((r[x], r["wer"]) for r in rows if r["method"] == method)
+      if pts:
+        ax.plot(*zip(*pts), style, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("WER (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out_prefix + suffix)
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
   return paths
 
 
