@@ -1,7 +1,9 @@
 """The input pipeline: bucket shapes, order from the seed, host shards, resumable state,
 skips that are counted, and the encoder-feature cache."""
 
+import dataclasses
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -259,15 +261,50 @@ def test_feature_cache_equals_on_the_fly_encoding(corpus, tiny_encoders, tmp_pat
   np.testing.assert_allclose(float(loss_frames), float(loss_mel), rtol=1e-3)
 
 
+def test_feature_cache_is_keyed_by_the_audio_file_not_only_the_id(corpus, tiny_encoders,
+                                                                 tmp_path):
+  """Corpora made by the same script reuse ids ("train-asr-en-00067"); a cache shared
+  by runs on both must not hand one corpus's frames to the other, and a rewritten
+  audio file must be encoded again."""
+  root = tmp_path / "cache"
+  utts = corpus[0][:3]
+  module, params, cache, stats = _filled_cache(corpus, tiny_encoders[0], root, utts)
+  assert stats["encoded"] == 3
+  # Another corpus: the same ids, other audio (utterance 0 gets utterance 1's sound).
+  other_dir = tmp_path / "other"
+  other_dir.mkdir()
+  others = []
+  for i, u in enumerate(utts):
+    src = utts[(i + 1) % len(utts)].audio
+    dst = other_dir / os.path.basename(src)
+    shutil.copyfile(src, dst)
+    others.append(dataclasses.replace(u, audio=str(dst)))
+  assert all(u not in cache for u in others)
+  stats = features.fill_cache(cache, others, features.encoder_fn(module, params, 4),
+                              load=lambda u: audio.load_audio(u.audio), progress=False)
+  assert stats["encoded"] == 3 and stats["cached"] == 0
+  a, b = cache.get(utts[1]), cache.get(others[0])  # the same sound under two ids/paths
+  np.testing.assert_array_equal(a, b)
+  assert cache.get(utts[0]).shape != cache.get(others[0]).shape or not np.array_equal(
+      cache.get(utts[0]), cache.get(others[0]))
+  # Rewriting a file (new content, new mtime) invalidates its frames.
+  shutil.copyfile(utts[2].audio, others[1].audio)
+  os.utime(others[1].audio, ns=(1, 1))
+  assert others[1] not in cache and cache.get(others[1]) is None
+  # A missing audio file has nothing cached (and fill_cache reports it skipped).
+  os.remove(others[2].audio)
+  assert others[2] not in cache
+
+
 def test_feature_cache_is_never_shared_between_encoders(corpus, tiny_encoders, tmp_path):
   root = tmp_path / "cache"
   _, _, cache0, _ = _filled_cache(corpus, tiny_encoders[0], root, corpus[0][:3])
   cache1 = features.FeatureCache(str(root), tiny_encoders[1], width=32)
   assert cache1.dir != cache0.dir
-  assert all(u.id in cache0 and u.id not in cache1 for u in corpus[0][:3])
+  assert all(u in cache0 and u not in cache1 for u in corpus[0][:3])
   _, _, cache1, stats = _filled_cache(corpus, tiny_encoders[1], root, corpus[0][:3])
   assert stats["encoded"] == 3  # nothing reused from the other encoder
-  a, b = cache0.get(corpus[0][0].id), cache1.get(corpus[0][0].id)
+  a, b = cache0.get(corpus[0][0]), cache1.get(corpus[0][0])
   assert a.shape == b.shape and not np.allclose(a, b)
   # The same weights in another compute dtype get their own folder too.
   other = features.FeatureCache(str(root), tiny_encoders[0], width=32, dtype="bfloat16")

@@ -135,7 +135,7 @@ def test_seventy_second_utterance_through_the_lalm(long_model, overlap):
   encode = features.encoder_fn(enc_module, variables["params"]["encoder"], 4, overlap)
   features.fill_cache(cache, [utt], encode, lambda u: audio.load_audio(u.audio),
                       progress=False)
-  cached = cache.get("long").astype(np.float32)
+  cached = cache.get(utt).astype(np.float32)
   assert cached.shape == (3500, 32)
   np.testing.assert_allclose(cached, joined, atol=2e-3 * max(1, np.abs(joined).max()))
 

@@ -7,7 +7,10 @@ utterance as float16 ``[T_valid, E]`` (only the valid frames, 50 per second) in:
 
     <root>/<fingerprint>/<xx>/<utterance key>.npy
 
-where the fingerprint is a content hash of the encoder checkpoint (config.json and
+where the utterance key names the utterance id AND its audio file (resolved path, size,
+modification time), so two corpora that reuse ids (every corpus made by
+scripts/make_corpus.py numbers its utterances the same way), or a regenerated audio
+file, never read another file's frames; and the fingerprint is a content hash of the encoder checkpoint (config.json and
 every weight file) together with the compute dtype, so a different encoder, or the
 same one run in another precision, never reads another's frames. ``meta.json`` in that
 folder records the checkpoint path and the frame width, checked on open.
@@ -51,10 +54,22 @@ def encoder_fingerprint(path: str, extra: str = "") -> str:
   return h.hexdigest()[:20]
 
 
-def utterance_key(utt_id: str) -> str:
-  """A file-system-safe, collision-free name for an utterance id."""
+def utterance_key(utt_id: str, audio_path: str | None = None) -> str:
+  """A file-system-safe, collision-free name for an utterance: its id and, when given,
+  the identity of its audio file (resolved path, size in bytes, mtime in ns).
+
+  Raises OSError when `audio_path` does not exist."""
   safe = re.sub(r"[^A-Za-z0-9_.-]", "_", utt_id)[:80]
-  return f"{safe}-{hashlib.sha1(utt_id.encode()).hexdigest()[:10]}"
+  ident = utt_id
+  if audio_path is not None:
+    st = os.stat(audio_path)
+    ident += f"\0{os.path.realpath(audio_path)}\0{st.st_size}\0{st.st_mtime_ns}"
+  return f"{safe}-{hashlib.sha1(ident.encode()).hexdigest()[:10]}"
+
+
+def _key(utt) -> str:
+  """The cache key of an utterance (an object with `.id` and `.audio`)."""
+  return utterance_key(utt.id, utt.audio)
 
 
 class FeatureCache:
@@ -89,31 +104,39 @@ class FeatureCache:
         json.dump(meta, f, indent=2)
       os.replace(tmp, meta_path)
 
-  def path(self, utt_id: str) -> str:
-    key = utterance_key(utt_id)
+  def path(self, utt) -> str:
+    """Where the frames of `utt` (an object with `.id` and `.audio`: a manifest
+    `Utterance`) are stored."""
+    key = _key(utt)
     return os.path.join(self.dir, key[-2:], key + ".npy")
 
-  def __contains__(self, utt_id: str) -> bool:
-    return os.path.exists(self.path(utt_id))
+  def __contains__(self, utt) -> bool:
+    try:
+      return os.path.exists(self.path(utt))
+    except OSError:  # the audio file is gone: nothing cached can be trusted for it
+      return False
 
-  def get(self, utt_id: str) -> np.ndarray | None:
-    """float16[T_valid, E], or None when not cached."""
-    path = self.path(utt_id)
+  def get(self, utt) -> np.ndarray | None:
+    """float16[T_valid, E] of `utt`'s audio file as it is now, or None when not cached."""
+    try:
+      path = self.path(utt)
+    except OSError:
+      return None
     if not os.path.exists(path):
       return None
     frames = np.load(path)
     if frames.ndim != 2 or frames.shape[1] != self.width:
-      raise ValueError(f"{path}: cached frames of {utt_id!r} have shape {frames.shape}, "
+      raise ValueError(f"{path}: cached frames of {utt.id!r} have shape {frames.shape}, "
                        f"expected [T, {self.width}]")
     return frames
 
-  def put(self, utt_id: str, frames: np.ndarray):
-    """Stores float[T_valid, E] frames (as float16), atomically."""
+  def put(self, utt, frames: np.ndarray):
+    """Stores float[T_valid, E] frames (as float16) of `utt`, atomically."""
     frames = np.asarray(frames)
     if frames.ndim != 2 or frames.shape[1] != self.width:
-      raise ValueError(f"frames of {utt_id!r} have shape {frames.shape}, "
+      raise ValueError(f"frames of {utt.id!r} have shape {frames.shape}, "
                        f"expected [T, {self.width}]")
-    path = self.path(utt_id)
+    path = self.path(utt)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path[:-4] + f".tmp{os.getpid()}.npy"
     np.save(tmp, frames.astype(np.float16))
@@ -126,7 +149,7 @@ def fill_cache(cache: FeatureCache, utterances: Sequence, encode: Callable,
 
   Args:
     cache: the cache.
-    utterances: objects with `.id` (manifest `Utterance`s).
+    utterances: objects with `.id` and `.audio` (manifest `Utterance`s).
     encode: a list of float32[samples] waveforms -> (per utterance float[kept, E]
       frames, int32[N] kept counts); `encoder_fn` makes one.
     load: utterance -> float32[samples] waveform, raising on unreadable audio.
@@ -137,7 +160,7 @@ def fill_cache(cache: FeatureCache, utterances: Sequence, encode: Callable,
   """
   from tqdm import tqdm  # local: only filling shows progress
 
-  todo = [u for u in utterances if u.id not in cache]
+  todo = [u for u in utterances if u not in cache]
   stats = {"encoded": 0, "cached": len(utterances) - len(todo), "skipped": {}}
   bar = tqdm(total=len(todo), desc="encoder features", unit="utt",
              disable=not progress or not todo)
@@ -153,7 +176,7 @@ def fill_cache(cache: FeatureCache, utterances: Sequence, encode: Callable,
     if chunk:
       frames, kept = encode(wavs)
       for u, f, n in zip(chunk, frames, kept):
-        cache.put(u.id, np.asarray(f[:int(n)]))
+        cache.put(u, np.asarray(f[:int(n)]))
       stats["encoded"] += len(chunk)
     bar.update(batch_size if start + batch_size <= len(todo) else len(todo) - start)
   bar.close()

@@ -214,7 +214,7 @@ class BatchLoader(grain.transforms.Map):
     """
     max_seconds = min(self.config.max_seconds or bucket.max_seconds, bucket.max_seconds)
     if self.feature_cache is not None:
-      frames = self.feature_cache.get(utt.id)
+      frames = self.feature_cache.get(utt)
       if frames is None:
         raise ValueError(f"{utt.id}: not in the feature cache {self.feature_cache.dir}")
       t = self.spec.bucket_frames(bucket)
