@@ -75,6 +75,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.projector_hidden = 0  # hidden width of the mlp projector (0 = LLM width).
   m.window_overlap_seconds = 0.0  # long-form audio: seconds shared by consecutive
   #                                 encoder windows (0 = back to back).
+  m.encoder_window_seconds = 0.0  # encoder window in seconds (0 = the encoder's own,
+  #                                 30 s for Whisper). Shorter (whisper.cpp's audio_ctx)
+  #                                 costs less for short utterances; its frames differ a
+  #                                 little from the 30-s window's. A multiple of 0.02 s.
   m.use_lora = True  # LoRA adapters on the LLM (False: projector only).
   m.lora_rank = 16  # LoRA rank r.
   m.lora_alpha = 32.0  # LoRA alpha (scale alpha / r).
@@ -252,6 +256,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   if not d.buckets:
     _fail("data.buckets", d.buckets, "at least one bucket is needed")
   window = m.encoder.max_source_positions / 50 if not m.encoder_path else 30.0
+  frames = m.encoder_window_seconds * 50
+  if not (0 <= m.encoder_window_seconds <= window and abs(frames - round(frames)) < 1e-6):
+    _fail("model.encoder_window_seconds", m.encoder_window_seconds,
+          f"expected 0 (the encoder's window) or a multiple of 0.02 s in (0, {window:g}]")
+  window = m.encoder_window_seconds or window
   if not 0 <= m.window_overlap_seconds < window:
     _fail("model.window_overlap_seconds", m.window_overlap_seconds,
           f"expected a value in [0, {window:g}) seconds (the encoder window)")

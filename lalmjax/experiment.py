@@ -107,6 +107,7 @@ def lalm_config(config, builder: prompts.PromptBuilder) -> lalm.LALMConfig:
                          method_options=dict(m.method_options), projector=m.projector,
                          projector_hidden=m.projector_hidden,
                          window_overlap=int(round(m.window_overlap_seconds * 50)),
+                         window_frames=int(round(m.encoder_window_seconds * 50)),
                          new_token_ids=new_ids)
 
 

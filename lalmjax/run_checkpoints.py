@@ -96,12 +96,13 @@ EXECUTION_ONLY = ("attention", "remat_policy")
 
 def param_shape(shape: dict, free: tuple[str, ...] = ()) -> dict:
   """A recorded model shape without its execution-only fields (in the LALM, encoder and
-  LLM parts), without `free`, and without scan_layers when off (runs recorded before
-  the switch existed had unscanned params)."""
+  LLM parts), without `free`, and without scan_layers when off and window_frames when 0
+  (runs recorded before those fields existed had their defaults)."""
   def clean(part: dict, drop: tuple[str, ...]) -> dict:
     out = {k: v for k, v in part.items() if k not in EXECUTION_ONLY + drop}
-    if out.get("scan_layers") is False:
-      del out["scan_layers"]
+    for key, default in (("scan_layers", False), ("window_frames", 0)):
+      if key in out and out[key] == default:
+        del out[key]
     return out
 
   out = clean(shape, free)

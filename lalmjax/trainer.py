@@ -74,14 +74,17 @@ def feature_cache(config, workdir: str, model: experiment.Model, utterances,
     return None
   root = experiment.resolve(d.feature_cache, workdir)
   enc_cfg = model.module.config.encoder
+  window = model.module.config.window_frames
   if m.encoder_path:
     path = experiment.resolve(m.encoder_path)
     fingerprint = None
   else:  # a random encoder: its identity is its shape and seed
     path = workdir
     fingerprint = features.text_fingerprint(
-        json.dumps([dataclasses.asdict(enc_cfg), config.seed, m.dtype]))
-  cache = features.FeatureCache(root, path, enc_cfg.d_model, m.dtype, fingerprint=fingerprint)
+        json.dumps([dataclasses.asdict(enc_cfg), config.seed, m.dtype]
+                   + ([window] if window else [])))
+  cache = features.FeatureCache(root, path, enc_cfg.d_model, m.dtype, fingerprint=fingerprint,
+                                window_frames=window)
   # Every process fills its share; the cache folder is shared.
   mine = utterances[jax.process_index()::jax.process_count()]
   if m.encoder_path:
@@ -100,7 +103,8 @@ def feature_cache(config, workdir: str, model: experiment.Model, utterances,
 
   stats = features.fill_cache(
       cache, mine, features.encoder_fn(enc_module, enc_params, batch_size=8,
-                                       window_overlap=model.module.config.window_overlap),
+                                       window_overlap=model.module.config.window_overlap,
+                                       window_frames=window),
       load=lambda u: audio.load_audio(u.audio, max_seconds=max_seconds),
       progress=jax.process_index() == 0)
   log.info("feature cache %s: %d encoded, %d already cached, %d skipped", cache.dir,

@@ -115,6 +115,8 @@ def test_paper_config_has_the_paper_shapes():
     ("optim.warmup_steps", 1000, r"config\.optim\.warmup_steps"),
     ("model.method_options", {"smooth": 2}, r"config\.model\.method_options"),
     ("model.dtype", "float8", r"config\.model\.dtype"),
+    ("model.encoder_window_seconds", 0.015, r"config\.model\.encoder_window_seconds"),
+    ("model.encoder_window_seconds", 31.0, r"config\.model\.encoder_window_seconds"),
 ])
 def test_config_errors_name_the_key(corpus, key, value, message):
   overrides = {key: value}

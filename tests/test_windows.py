@@ -152,3 +152,67 @@ def test_audio_token_cap_skips_and_counts(long_model, tmp_path):
                                            tok, process_index=0, process_count=1)))
   assert batch["skipped"] and "max_audio_tokens=60" in batch["skipped"][0][1]
   assert batch["index"].tolist() == [-1]
+
+
+def test_a_shorter_encoder_window_cuts_encodes_and_caches_alike(long_model):
+  """`window_frames` (config `model.encoder_window_seconds`): a 25 s utterance in 10 s
+  windows is three windows of 1000 mel frames, each encoded with the first 500
+  positional embeddings; the LALM, the hand-made path and the feature cache agree."""
+  tmp, tok, builder, enc, llm = long_model
+  w_frames, k = 500, 2
+  config = lalm.LALMConfig(enc, llm, builder.audio_token_id, lora=LoraConfig(rank=2),
+                           method="uniavg", factor=k, window_frames=w_frames)
+  assert config.encoder_window == w_frames
+  rng = np.random.default_rng(1)
+  path = os.path.join(tmp, "w10.flac")
+  sf.write(path, (0.1 * rng.standard_normal(25 * SR)).astype(np.float32), SR)
+  wav = audio.load_audio(path)
+  utt = manifest.Utterance(id="w10", audio=path, duration=25.0, task="asr",
+                           text="a long utterance", source_lang="en", target_lang="en")
+  assert int(lalm.num_kept_frames(config, 25 * SR)) == 1250
+  spec = pipeline.AudioSpec.from_lalm(config)
+  cfg = pipeline.PipelineConfig(buckets=((30.0, 1, 768),), shuffle=False)
+  batch = next(iter(pipeline.InputPipeline([utt], cfg, spec, tok, process_index=0,
+                                           process_count=1)))
+  assert batch["mel"].shape == (1, 3, 80, 2 * w_frames)
+  assert batch["num_frames"].tolist() == [[500, 500, 250]]
+  assert int((batch["input_ids"] == builder.audio_token_id).sum()) == 625
+
+  module = lalm.LALM(config)
+  variables = lalm.init_variables(module, jax.random.PRNGKey(0))
+  tokens, mask = module.apply(variables, batch["mel"], batch["num_frames"],
+                              method=lalm.LALM.encode_audio)
+  assert int(np.asarray(mask).sum()) == 625
+  enc_module = whisper.WhisperEncoder(enc)
+  enc_params = variables["params"]["encoder"]
+  cut = spec.windows.cut(wav)  # [3, 160000]
+  assert cut.shape == (3, 10 * SR)
+  per_window = [np.asarray(enc_module.apply({"params": enc_params},
+                                            audio.log_mel_spectrogram(c[None], 80)[:, :, :1000]))[0]
+                for c in cut]  # log_mel pads to 30 s: the window's 1000 mel frames
+  assert per_window[0].shape == (w_frames, 32)
+  joined = np.concatenate(per_window)[_reference_mask(batch["num_frames"], w_frames, 0)[0]]
+  ref, _ = compression.compress(joined[None], np.ones((1, 1250), bool), "uniavg", k)
+  ref = module.apply(variables, jnp.asarray(ref), method=lambda m, x: m.projector(x))
+  np.testing.assert_allclose(np.asarray(tokens)[0, :625], np.asarray(ref)[0], atol=2e-4)
+  # The 30-s window gives other frames: the window is part of what the cache keys on.
+  full = np.asarray(enc_module.apply({"params": enc_params},
+                                     audio.log_mel_spectrogram(wav[None], 80)))[0, :500]
+  assert not np.allclose(full, per_window[0], atol=1e-3)
+
+  enc_dir = tmp / "enc_w"  # what the cache fingerprints: the encoder's files + window
+  enc_dir.mkdir(exist_ok=True)
+  (enc_dir / "config.json").write_text('{"d_model": 32}')
+  cache = features.FeatureCache(str(tmp / "cache_w"), str(enc_dir), 32, window_frames=w_frames)
+  assert cache.dir != features.FeatureCache(str(tmp / "cache_w"), str(enc_dir), 32).dir
+  encode = features.encoder_fn(enc_module, enc_params, 4, 0, window_frames=w_frames)
+  features.fill_cache(cache, [utt], encode, lambda u: audio.load_audio(u.audio),
+                      progress=False)
+  cached = cache.get(utt).astype(np.float32)
+  assert cached.shape == (1250, 32)
+  np.testing.assert_allclose(cached, joined, atol=2e-3 * max(1, np.abs(joined).max()))
+
+  with pytest.raises(ValueError, match="window_frames"):
+    lalm.LALMConfig(enc, llm, builder.audio_token_id, window_frames=1501)
+  with pytest.raises(ValueError, match="window_overlap"):
+    lalm.LALMConfig(enc, llm, builder.audio_token_id, window_frames=100, window_overlap=100)

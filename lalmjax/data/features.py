@@ -80,18 +80,23 @@ class FeatureCache:
     encoder_path: the encoder checkpoint folder (hashed, see `encoder_fingerprint`).
     width: E, the encoder width (checked against what is stored).
     dtype: the encoder's compute dtype name ("float32", "bfloat16"), part of the key.
-    fingerprint: skip hashing when the caller already knows it.
+    fingerprint: skip hashing when the caller already knows it (it must then cover the
+      window too).
+    window_frames: encoder frames per window, part of the key (0 = the encoder's own
+      window; a shorter one gives other frames).
   """
 
   def __init__(self, root: str, encoder_path: str, width: int, dtype: str = "float32",
-               fingerprint: str | None = None):
-    self.fingerprint = fingerprint or encoder_fingerprint(encoder_path, extra=str(dtype))
+               fingerprint: str | None = None, window_frames: int = 0):
+    extra = str(dtype) + (f"/window{int(window_frames)}" if window_frames else "")
+    self.fingerprint = fingerprint or encoder_fingerprint(encoder_path, extra=extra)
     self.dir = os.path.join(os.path.abspath(root), self.fingerprint)
     self.width = int(width)
     os.makedirs(self.dir, exist_ok=True)
     meta_path = os.path.join(self.dir, "meta.json")
     meta = {"encoder_path": os.path.abspath(encoder_path), "width": self.width,
-            "dtype": str(dtype), "fingerprint": self.fingerprint, "storage": "float16"}
+            "dtype": str(dtype), "window_frames": int(window_frames),
+            "fingerprint": self.fingerprint, "storage": "float16"}
     if os.path.exists(meta_path):
       with open(meta_path) as f:
         stored = json.load(f)
@@ -183,7 +188,8 @@ def fill_cache(cache: FeatureCache, utterances: Sequence, encode: Callable,
   return stats
 
 
-def encoder_fn(module, params, batch_size: int, window_overlap: int = 0) -> Callable:
+def encoder_fn(module, params, batch_size: int, window_overlap: int = 0,
+               window_frames: int = 0) -> Callable:
   """A batched, jitted encode for `fill_cache`: waveforms -> (frames, kept frames).
 
   Audio longer than the encoder window is cut into windows (`lalmjax.windows`), each
@@ -195,6 +201,8 @@ def encoder_fn(module, params, batch_size: int, window_overlap: int = 0) -> Call
     batch_size: windows per encoder call; the last call is padded with silence, so it
       compiles once.
     window_overlap: encoder frames shared by consecutive windows.
+    window_frames: encoder frames per window (0 = the encoder's max_source_positions;
+      `LALMConfig.window_frames`).
 
   Returns:
     encode(list of float32[samples]) -> (list of float32[kept, E], int32[N] kept counts).
@@ -204,11 +212,11 @@ def encoder_fn(module, params, batch_size: int, window_overlap: int = 0) -> Call
   from lalmjax import audio, windows
 
   cfg = module.config
-  spec = windows.WindowSpec(cfg.max_source_positions, window_overlap)
+  spec = windows.WindowSpec(window_frames or cfg.max_source_positions, window_overlap)
 
   @jax.jit
   def run(p, wav):
-    mel = audio.log_mel_spectrogram(wav, cfg.num_mel_bins)[:, :, :cfg.num_mel_frames]
+    mel = audio.log_mel_spectrogram(wav, cfg.num_mel_bins)[:, :, :2 * spec.frames_per_window]
     return module.apply({"params": p}, mel)
 
   def encode(wavs):

@@ -113,7 +113,7 @@ class AudioSpec:
 
   @classmethod
   def from_lalm(cls, config, factor: int | None = None) -> "AudioSpec":
-    return cls(config.encoder.num_mel_bins, config.encoder.max_source_positions,
+    return cls(config.encoder.num_mel_bins, config.encoder_window,
                config.factor if factor is None else factor, config.window_overlap)
 
   @property

@@ -51,6 +51,11 @@ class LALMConfig:
     projector_hidden: hidden width of the mlp projector (0 = LLM width).
     window_overlap: encoder frames shared by consecutive windows of long-form audio
       (`lalmjax.windows`); 0 = windows back to back.
+    window_frames: encoder frames (50/s) per window; 0 = the encoder's
+      max_source_positions (1500 = 30 s, as Whisper was trained). A shorter window
+      (whisper.cpp's "audio_ctx") uses the first positional embeddings: the encoder's
+      cost falls about in proportion for short utterances, its frames differ a little
+      from the 30-s window's.
     new_token_ids: tokens new to the LLM (the audio markers <|audio_bos|>,
       <|audio_eos|>, ...) whose embedding rows train apart from the frozen table
       (`lalmjax.models.new_tokens`); () = none. Never the <|AUDIO|> placeholder, whose
@@ -68,6 +73,7 @@ class LALMConfig:
   projector_hidden: int = 0
   window_overlap: int = 0
   new_token_ids: tuple[int, ...] = ()
+  window_frames: int = 0
 
   def __post_init__(self):
     # A list (e.g. from JSON metadata) becomes a tuple, so the config stays hashable.
@@ -103,6 +109,18 @@ class LALMConfig:
                        f"placeholder {self.audio_token_id}, whose embedding is never used")
     if self.projector_hidden < 0:
       raise ValueError(f"LALMConfig.projector_hidden={self.projector_hidden} must be >= 0")
+    if not 0 <= self.window_frames <= self.encoder.max_source_positions:
+      raise ValueError(f"LALMConfig.window_frames={self.window_frames}: expected 0 (the "
+                       f"encoder's window) or 1..{self.encoder.max_source_positions}")
+    if not 0 <= self.window_overlap < self.encoder_window:
+      raise ValueError(f"LALMConfig.window_overlap={self.window_overlap}: expected 0.."
+                       f"{self.encoder_window - 1} (frames of the {self.encoder_window}-frame "
+                       "window)")
+
+  @property
+  def encoder_window(self) -> int:
+    """T: encoder frames per window."""
+    return self.window_frames or self.encoder.max_source_positions
 
   @property
   def audio_token_width(self) -> int:
@@ -123,7 +141,7 @@ def num_encoder_frames(num_samples, frames_per_window: int = 1500):
 
 def window_spec(config: LALMConfig) -> windows.WindowSpec:
   """How this model cuts audio longer than its encoder window."""
-  return windows.WindowSpec(config.encoder.max_source_positions, config.window_overlap)
+  return windows.WindowSpec(config.encoder_window, config.window_overlap)
 
 
 def num_kept_frames(config: LALMConfig, num_samples):
