@@ -52,7 +52,8 @@ def get_config(arg=None):
 
   # What the LM reads (lalmjax/data/lm_text.py).
   c.text = ml_collections.ConfigDict(dict(
-      train_manifests=("data/demo/train.jsonl", "data/demo_multilingual/train.jsonl"),  # corpus
+      train_manifests=("data/demo/train.jsonl", "data/demo_train/train.jsonl",
+                       "data/demo_multilingual/train.jsonl"),  # corpus
       #                transcripts/translations used (one LM serves both demo configs).
       held_out_manifests=("data/demo/dev.jsonl", "data/demo/test.jsonl"),  # none of their
       #                   texts is trained on (generated duplicates are dropped).

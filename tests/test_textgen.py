@@ -5,6 +5,7 @@ utterances with scripts/make_corpus.py and compares bytes, skipped without espea
 """
 
 import importlib.util
+import io
 import json
 import os
 import random
@@ -13,6 +14,7 @@ import shlex
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -469,4 +471,74 @@ def test_demo_audio_regenerates_bitwise(demo):
     assert shlex.split(line["espeak"]) == args, line["id"]
     data = make_corpus.flac_bytes(make_corpus.synthesize(line["text"], args))
     with open(os.path.join(DEMO, line["audio"]), "rb") as f:
+      assert f.read() == data, line["id"]
+
+
+def test_demo_training_set_in_opus_beside_the_demo(demo):
+  """data/demo_train: the demo's English ASR + S2TT training set at 9x data/demo's size,
+  Opus-coded, drawn with the demo's seed and dev/test counts (so no dev/test sentence is
+  in it; its training counts differ from data/demo's, so are its training sentences,
+  under the same ids: the two training sets are used one at a time)."""
+  root = os.path.join(REPO, "data", "demo_train")
+  with open(os.path.join(root, "meta.json"), encoding="utf-8") as f:
+    meta = json.load(f)
+  demo_meta, manifests = demo
+  assert meta["seed"] == demo_meta["seed"] and meta["format"] == "opus"
+  for split in ("dev", "test"):
+    assert meta["requested"][split] == demo_meta["requested"][split]
+  with open(os.path.join(root, "train.jsonl"), encoding="utf-8") as f:
+    lines = [json.loads(x) for x in f]
+  splits = textgen.make_splits(meta["requested"], meta["seed"])
+  for kind in ("asr_en", "s2tt_en_de"):
+    mine = [x for x in lines if x["id"].startswith(f"train-{kind.replace('_', '-')}-")]
+    assert len(mine) == meta["written"]["train"][kind] >= 300, kind
+    assert [(x["text"], x.get("translation")) for x in mine] == [
+        (s.text, s.translation) for s in splits["train"][kind]], kind
+  assert len({x["id"] for x in lines}) == len(lines)
+  for x in lines[::50]:
+    info = sf.info(os.path.join(root, x["audio"]))
+    assert (info.format, info.subtype) == ("OGG", "OPUS"), x["audio"]
+    assert info.samplerate == 16000 and info.channels == 1
+    assert abs(info.frames / 16000 - x["duration"]) <= 0.01, x["audio"]
+  assert len(os.listdir(os.path.join(root, "audio"))) == len(lines)
+  held = {textgen.normalize(x["text"]) for split in ("dev", "test")
+          for x in manifests[f"{split}.jsonl"]}
+  assert not {textgen.normalize(x["text"]) for x in lines} & held
+
+
+def test_opus_bytes_are_deterministic_and_decode():
+  make_corpus = _load_script()
+  t = np.arange(16000) / 16000
+  samples = (8000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)
+  a, b = make_corpus.opus_bytes(samples), make_corpus.opus_bytes(samples)
+  assert a == b  # libsndfile's random Ogg serial is fixed
+  decoded, sr = sf.read(io.BytesIO(a), dtype="float32")
+  assert sr == 16000 and decoded.shape == samples.shape
+  ref = samples / 32768.0
+  assert np.corrcoef(decoded, ref)[0, 1] > 0.9  # lossy, but the same sound
+  # Every page's checksum is valid: a corrupted CRC would make libsndfile/ogg skip it.
+  fixed = bytearray(a)
+  fixed[22] ^= 0xFF  # break the first page's CRC
+  assert make_corpus.fixed_ogg_serial(bytes(fixed)) == a  # recomputed from the page
+  with pytest.raises(ValueError, match="not an Ogg page"):
+    make_corpus.fixed_ogg_serial(b"RIFF" + a[4:])
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_demo_training_set_regenerates_bitwise():
+  root = os.path.join(REPO, "data", "demo_train")
+  with open(os.path.join(root, "meta.json"), encoding="utf-8") as f:
+    meta = json.load(f)
+  make_corpus = _load_script()
+  if make_corpus.espeak_version() != meta["versions"]["espeak-ng"]:
+    pytest.skip(f"espeak-ng {make_corpus.espeak_version()} is not the corpus's "
+                f"{meta['versions']['espeak-ng']}")
+  if sf.__libsndfile_version__ != meta["versions"]["libsndfile"]:
+    pytest.skip(f"libsndfile {sf.__libsndfile_version__} is not the corpus's")
+  with open(os.path.join(root, "train.jsonl"), encoding="utf-8") as f:
+    lines = [json.loads(x) for x in f]
+  for line in (lines[0], lines[-1]):
+    data = make_corpus.opus_bytes(make_corpus.synthesize(line["text"],
+                                                         shlex.split(line["espeak"])))
+    with open(os.path.join(root, line["audio"]), "rb") as f:
       assert f.read() == data, line["id"]
