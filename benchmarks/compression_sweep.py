@@ -4,9 +4,10 @@
     python benchmarks/compression_sweep.py --steps 60 --quick   # a smoke run (minutes)
 
 Every row trains the projector + LoRA of `configs/demo.py` (Whisper tiny.en through pip,
-the demo's pretrained and frozen small Qwen2, r16/a32 on q,k) on the demo corpus's
-training set, from the same cached encoder frames, for the same steps with the same
-seed, then scores greedy decoding on English ASR (`data/demo/test_asr_en.jsonl`):
+the demo's pretrained and frozen small Qwen2, r16/a32 on every projection: the demo
+config says why) on its training set (data/demo_train), from the same cached encoder
+frames, for the same steps (the demo's, 1000) with the same seed, then scores greedy
+decoding on English ASR (`data/demo/test_asr_en.jsonl`):
 
 - uniavg / unisamp / unseg / stack at k in {1, 2, 3, 4, 6}. At k = 1 every method is
   the identity on the frames (checked in tests/test_compression.py), so k = 1 is trained
@@ -156,7 +157,8 @@ def _markdown(rows: list[dict], args, plots: list[str], wall_s: float, lm_info: 
       "",
       f"Setup: `configs/demo.py` (Whisper tiny.en from pip, frozen; the demo LM "
       f"({lm_info.get('parameters', '?')} parameters, pretrained by configs/demo_lm.py, "
-      "frozen); mlp projector + LoRA r16/a32 on q,k trained), "
+      "frozen); mlp projector + LoRA r16/a32 on every projection trained, on "
+      "data/demo_train's 2300 utterances), "
       f"{args.steps} steps of 16 utterances, seed 0, the same cached encoder frames for "
       "every row; WER (%) of greedy decoding on data/demo/test_asr_en.jsonl (60 English "
       "utterances, Whisper English normalizer). k = 1 is one model (no compression is "
@@ -189,7 +191,8 @@ def main():
   parser.add_argument("--workdir", default=os.path.join(REPO, "runs", "sweep"))
   parser.add_argument("--lm", default="", help="a finished demo LM folder (default: "
                       "the LM stage into WORKDIR/lm)")
-  parser.add_argument("--steps", type=int, default=300)
+  parser.add_argument("--steps", type=int, default=0, help="training steps of every row "
+                      "(0 = configs/demo.py's)")
   parser.add_argument("--methods", default=",".join(METHODS))
   parser.add_argument("--factors", default=",".join(map(str, FACTORS)))
   parser.add_argument("--no_elastic", action="store_true")
@@ -203,6 +206,10 @@ def main():
   from configs import demo_lm
   from lalmjax import lm_pretraining
 
+  if not args.steps:
+    from configs import demo
+
+    args.steps = demo.get_config().total_steps
   methods = args.methods.split(",")
   factors = [int(k) for k in args.factors.split(",")]
   if args.quick:
