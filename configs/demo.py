@@ -21,14 +21,16 @@ encoder (pip:tiny.en | pip:base | a folder), steps.
 Where the demo departs from the paper's recipe, and why (measured on this 2-core CPU):
 - LoRA on all seven projections of each block, not only q/k: with the 1M-parameter LM
   frozen, q/k adapters left the training loss at 1.9 after 600 steps (1400 utterances;
-  the LM alone gives ~2.0), all seven reached 1.4 (test WER 99.5% vs 103%). The paper's
-  7B has the width to read audio through q/k; configs/paper_*.py keep q/k.
+  the LM alone gives ~2.0), all seven reached 1.4 (test WER 99.5% vs 103%; both runs
+  had stale frames for 18% of their utterances, the feature-cache bug fixed since).
+  The paper's 7B has the width to read audio through q/k; configs/paper_*.py keep q/k.
 - An 8 s encoder window (`model.encoder_window_seconds`, whisper.cpp's audio_ctx)
   instead of Whisper's 30 s: every demo utterance fits (1-6 s), and the encoder runs
   6.5x faster (20.2 vs 3.1 utterances/s on tiny.en), so caching 2400 utterances takes
   ~2 minutes.
 - 1000 steps: with 1400 training utterances test WER was 82% at step 1000, 86.5% at
-  1500 and 87.8% at 2000 (train loss 0.24: memorising); more data would take more.
+  1500 and 87.8% at 2000 (train loss 0.24: memorising). With data/demo_train's 2300:
+  77.3% at step 1000 (`make run`, 12.8 min in all).
 """
 
 from configs import base, common
