@@ -10,9 +10,10 @@ utterance as float16 ``[T_valid, E]`` (only the valid frames, 50 per second) in:
 where the utterance key names the utterance id AND its audio file (resolved path, size,
 modification time), so two corpora that reuse ids (every corpus made by
 scripts/make_corpus.py numbers its utterances the same way), or a regenerated audio
-file, never read another file's frames; and the fingerprint is a content hash of the encoder checkpoint (config.json and
-every weight file) together with the compute dtype, so a different encoder, or the
-same one run in another precision, never reads another's frames. ``meta.json`` in that
+file, never read another file's frames; and the fingerprint is a content hash of the
+encoder checkpoint (config.json and every weight file) together with the compute dtype
+and the encoder window, so a different encoder, the same one run in another precision,
+or with another window, never reads another's frames. ``meta.json`` in that
 folder records the checkpoint path and the frame width, checked on open.
 """
 
