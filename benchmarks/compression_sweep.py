@@ -76,6 +76,9 @@ def _run(name: str, config, workdir: str, eval_factors=None) -> list[dict]:
   t0 = time.perf_counter()
   trainer.train(config, workdir)
   train_s = time.perf_counter() - t0
+  # 1-minute load average as training ends: above the core count, other processes were
+  # competing and this row's step time is inflated (the report lists such rows).
+  load = os.getloadavg()[0]
   rows = []
   for k in eval_factors or (config.model.factor,):
     c = config.copy_and_resolve_references()
@@ -91,7 +94,7 @@ def _run(name: str, config, workdir: str, eval_factors=None) -> list[dict]:
                  "wer": scores["wer"]["overall"], "train_step_ms": _step_ms(workdir),
                  "eval_s": time.perf_counter() - t0, "train_s": train_s,
                  "utterances": scores["num_utterances"], "skipped": scores["num_skipped"],
-                 "compilations": scores["compilations"]})
+                 "compilations": scores["compilations"], "load_after_train": load})
     print(f"  {name} k={k}: WER {rows[-1]['wer']:.2f} %", flush=True)
   with open(cached, "w") as f:
     json.dump(rows, f, indent=2)
@@ -144,6 +147,20 @@ def _plots(rows: list[dict], out_prefix: str) -> list[str]:
   return paths
 
 
+def _load_note(rows: list[dict]) -> str:
+  """Which rows trained beside other work (load average above the core count)."""
+  cores = os.cpu_count() or 1
+  busy = sorted({f"{r['method']} k={r['k']}" for r in rows
+                 if r.get("load_after_train", 0) > cores + 0.5})
+  unknown = sum("load_after_train" not in r for r in rows)
+  note = (f"Rows whose training ended with a load average above {cores + 0.5:g} (other "
+          f"processes on the cores; their step ms are inflated): {', '.join(busy)}."
+          if busy else f"No row's training ended with a load average above {cores + 0.5:g}.")
+  if unknown:
+    note += f" {unknown} row(s) carry no load record (run before it was recorded)."
+  return note
+
+
 def _markdown(rows: list[dict], args, plots: list[str], wall_s: float, lm_info: dict) -> str:
   order = {m: i for i, m in enumerate(METHODS + ("uniavg-nolora", "elastic"))}
   rows = sorted(rows, key=lambda r: (order[r["method"]], r["k"]))
@@ -152,8 +169,7 @@ def _markdown(rows: list[dict], args, plots: list[str], wall_s: float, lm_info: 
       "",
       f"Command: `python benchmarks/compression_sweep.py {' '.join(sys.argv[1:])}`".rstrip(),
       f"Machine: {_machine()}; sweep wall time {wall_s / 60:.1f} min (rows already in the "
-      "workdir are not re-run). Other processes shared the cores during the run; the "
-      "step and eval times are comparable within this table only.",
+      "workdir are not re-run). " + _load_note(rows),
       "",
       f"Setup: `configs/demo.py` (Whisper tiny.en from pip, frozen; the demo LM "
       f"({lm_info.get('parameters', '?')} parameters, pretrained by configs/demo_lm.py, "

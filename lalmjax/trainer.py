@@ -78,11 +78,11 @@ def feature_cache(config, workdir: str, model: experiment.Model, utterances,
   if m.encoder_path:
     path = experiment.resolve(m.encoder_path)
     fingerprint = None
-  else:  # a random encoder: its identity is its shape and seed
+  else:  # a random encoder: its identity is its shape and seed (FeatureCache adds the
+    # dtype and the window, as it does to a hashed checkpoint)
     path = workdir
-    fingerprint = features.text_fingerprint(
-        json.dumps([dataclasses.asdict(enc_cfg), config.seed, m.dtype]
-                   + ([window] if window else [])))
+    fingerprint = features.text_fingerprint(json.dumps([dataclasses.asdict(enc_cfg),
+                                                        config.seed]))
   cache = features.FeatureCache(root, path, enc_cfg.d_model, m.dtype, fingerprint=fingerprint,
                                 window_frames=window)
   # Every process fills its share; the cache folder is shared.

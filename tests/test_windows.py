@@ -205,6 +205,10 @@ def test_a_shorter_encoder_window_cuts_encodes_and_caches_alike(long_model):
   (enc_dir / "config.json").write_text('{"d_model": 32}')
   cache = features.FeatureCache(str(tmp / "cache_w"), str(enc_dir), 32, window_frames=w_frames)
   assert cache.dir != features.FeatureCache(str(tmp / "cache_w"), str(enc_dir), 32).dir
+  given = lambda **kw: features.FeatureCache(str(tmp / "cache_w"), str(enc_dir), 32,
+                                             fingerprint="random-encoder", **kw).dir
+  assert given(window_frames=w_frames) != given()  # a caller's fingerprint gets it too
+  assert given(dtype="bfloat16") != given()
   encode = features.encoder_fn(enc_module, enc_params, 4, 0, window_frames=w_frames)
   features.fill_cache(cache, [utt], encode, lambda u: audio.load_audio(u.audio),
                       progress=False)

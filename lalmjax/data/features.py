@@ -81,8 +81,9 @@ class FeatureCache:
     encoder_path: the encoder checkpoint folder (hashed, see `encoder_fingerprint`).
     width: E, the encoder width (checked against what is stored).
     dtype: the encoder's compute dtype name ("float32", "bfloat16"), part of the key.
-    fingerprint: skip hashing when the caller already knows it (it must then cover the
-      window too).
+    fingerprint: the encoder's identity when the caller already knows it (skips
+      hashing its files); the dtype and the window are folded in here, as they are
+      into a hashed one.
     window_frames: encoder frames per window, part of the key (0 = the encoder's own
       window; a shorter one gives other frames).
   """
@@ -90,7 +91,8 @@ class FeatureCache:
   def __init__(self, root: str, encoder_path: str, width: int, dtype: str = "float32",
                fingerprint: str | None = None, window_frames: int = 0):
     extra = str(dtype) + (f"/window{int(window_frames)}" if window_frames else "")
-    self.fingerprint = fingerprint or encoder_fingerprint(encoder_path, extra=extra)
+    self.fingerprint = (text_fingerprint(f"{fingerprint}/{extra}") if fingerprint
+                        else encoder_fingerprint(encoder_path, extra=extra))
     self.dir = os.path.join(os.path.abspath(root), self.fingerprint)
     self.width = int(width)
     os.makedirs(self.dir, exist_ok=True)
