@@ -98,6 +98,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.encoder_remat = False  # rematerialise encoder blocks (when the encoder trains).
   m.attention = "blocked"  # attention of encoder and LLM: xla (jax.nn.dot_product_attention)
   #                          | headmajor | blocked (flash-style; fastest on CPU, exact).
+  m.attention_batch_block = -1  # blocked: batch rows per step of a loop over the batch
+  #                               (0 = the whole batch at once; -1 = auto: a loop on the
+  #                               CPU only, where it keeps the score tile in cache).
   m.scan_layers = False  # encoder and LLM blocks under nn.scan (compile time independent
   #                        of depth); params and LoRA stacked as layers/... [L, ...].
 
@@ -215,6 +218,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     _fail("model.remat_policy", m.remat_policy, f"expected one of {list(REMAT_POLICIES)}")
   if m.attention not in ATTENTION:
     _fail("model.attention", m.attention, f"expected one of {list(ATTENTION)}")
+  if (isinstance(m.attention_batch_block, bool) or not isinstance(m.attention_batch_block, int)
+      or m.attention_batch_block < -1):
+    _fail("model.attention_batch_block", m.attention_batch_block,
+          "expected an int >= -1 (0 = the whole batch, -1 = auto)")
   if not isinstance(m.scan_layers, bool):
     _fail("model.scan_layers", m.scan_layers, "expected True or False")
   for key in ("encoder_path", "llm_path", "tokenizer_path"):

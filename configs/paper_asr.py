@@ -41,6 +41,7 @@ def get_config(arg=None):
   m.dtype = "bfloat16"
   m.param_dtype = "bfloat16"
   m.remat_policy = opts.remat
+  m.attention_batch_block = 0  # accelerators: the (sharded) batch in one step, never a loop
   if not opts.lora:
     c.trainable = ("params/projector/.*",)
 

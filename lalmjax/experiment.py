@@ -81,22 +81,20 @@ def lalm_config(config, builder: prompts.PromptBuilder) -> lalm.LALMConfig:
   """
   m = config.model
   remat = None if m.remat_policy == "none" else m.remat_policy
+  attn = dict(attention=m.attention, attention_batch_block=m.attention_batch_block)
   if m.encoder_path:
     enc = checkpoints.whisper_encoder_config(resolve(m.encoder_path))  # HF or CTranslate2
-    enc = dataclasses.replace(enc, attention=m.attention, scan_layers=m.scan_layers)
+    enc = dataclasses.replace(enc, **attn, scan_layers=m.scan_layers)
   else:
-    enc = whisper.WhisperEncoderConfig(**m.encoder.to_dict(), attention=m.attention,
-                                       scan_layers=m.scan_layers)
+    enc = whisper.WhisperEncoderConfig(**m.encoder.to_dict(), **attn, scan_layers=m.scan_layers)
   enc.validate()
   if m.llm_path:
     llm = qwen2.Qwen2Config.from_hf(checkpoints.read_config(resolve(m.llm_path)),
-                                    remat_policy=remat, attention=m.attention,
-                                    scan_layers=m.scan_layers)
+                                    remat_policy=remat, **attn, scan_layers=m.scan_layers)
   else:
     shape = m.llm.to_dict()
     shape["vocab_size"] = shape["vocab_size"] or prompts.round_up(builder.vocab_size, 64)
-    llm = qwen2.Qwen2Config(**shape, remat_policy=remat, attention=m.attention,
-                            scan_layers=m.scan_layers)
+    llm = qwen2.Qwen2Config(**shape, remat_policy=remat, **attn, scan_layers=m.scan_layers)
   rows = llm.vocab_size  # the checkpoint's own rows
   llm = dataclasses.replace(llm, vocab_size=new_tokens.grown_vocab_size(rows,
                                                                          builder.vocab_size))

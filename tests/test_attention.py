@@ -128,6 +128,45 @@ def test_blocked_any_block_size(block_q, block_k):
     assert rel(a, b) <= REL_TOL, name
 
 
+@pytest.mark.parametrize("batch_block", [1, 2])
+@pytest.mark.parametrize("mask_name", ["none", "padding_and_causal", "per_head"])
+def test_blocked_batch_loop_equals_reference(batch_block, mask_name):
+  """The loop over batch rows (`batch_block`; the CPU's auto choice) changes nothing:
+  values and gradients equal the reference, with B=3 so that 2 rows per step leave one."""
+  q, k, v = (jnp.concatenate([x, 0.5 * x[:1]], axis=0) for x in inputs())
+  mask = MASKS[mask_name]
+  if mask is not None:
+    mask = np.broadcast_to(mask, (B,) + mask.shape[1:])
+    mask = np.concatenate([mask, ~mask[:1]], axis=0)  # row 3: another mask than row 1
+  f = lambda q, k, v: attention.dot_product_attention(
+      q, k, v, mask=mask, implementation="blocked", batch_block=batch_block, **BLOCKS)
+  assert rel(f(q, k, v), reference(q, k, v, mask)) < REL_TOL
+  w = jnp.asarray(np.random.default_rng(3).standard_normal(q.shape), jnp.float32)
+  ours = jax.grad(lambda *a: (f(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)
+  ref = jax.grad(lambda *a: (reference(*a, mask) * w).sum(), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(ours, ref):
+    assert rel(a, b) < REL_TOL
+  if batch_block == 1:  # the rows really run in a loop: a scan over the 3 rows
+    jaxpr = jax.make_jaxpr(f)(q, k, v)
+    assert 3 in [e.params["length"] for e in jaxpr.eqns if e.primitive.name == "scan"]
+
+
+def test_batch_rows_auto_loops_on_the_cpu_only(monkeypatch):
+  mib = 1 << 20
+  budget = attention.CPU_TILE_BYTES // mib
+  assert attention.batch_rows(8, budget * mib // 8) == 8  # the whole tile fits
+  assert attention.batch_rows(8, budget * mib // 2) == 2  # two rows fit per step
+  assert attention.batch_rows(8, 2 * budget * mib) == 1  # not even one row fits
+  assert attention.batch_rows(8, 2 * budget * mib, batch_block=0) == 8  # no loop
+  assert attention.batch_rows(8, mib, batch_block=3) == 3  # as given
+  assert attention.batch_rows(2, mib, batch_block=5) == 2
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  assert attention.batch_rows(8, 2 * budget * mib) == 8  # accelerators: never a loop
+  for bad in (-2, True, 1.5):
+    with pytest.raises(ValueError, match="batch_block"):
+      attention.batch_rows(8, mib, batch_block=bad)
+
+
 def test_scale_and_single_query():
   """A decode step (S=1) against a long cache, and an explicit scale."""
   q, k, v = inputs()

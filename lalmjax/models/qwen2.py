@@ -81,6 +81,8 @@ class Qwen2Config:
     max_position_embeddings: context length the model was trained for (informational).
     remat_policy: None (no remat) or a key of REMAT_POLICIES, applied per block.
     attention: the attention implementation, one of ``attention.IMPLEMENTATIONS``.
+    attention_batch_block: "blocked": batch rows per step of its loop over the batch
+      (0 = the whole batch, -1 = auto: a loop on the CPU only; `attention.batch_rows`).
     scan_layers: run the blocks under ``nn.scan``: params (and lora) stacked as
       ``layers/...`` with a leading L axis (`models.scan`); the KV cache is scanned along.
   """
@@ -99,6 +101,7 @@ class Qwen2Config:
   max_position_embeddings: int = 32768
   remat_policy: str | None = None
   attention: str = "blocked"
+  attention_batch_block: int = -1
   scan_layers: bool = False
 
   @classmethod
@@ -180,6 +183,7 @@ class Qwen2Config:
       raise ValueError(f"Qwen2Config.remat_policy {self.remat_policy!r} is not one of "
                        f"{[None, *REMAT_POLICIES]}")
     attention.check_implementation(self.attention, "Qwen2Config.attention")
+    attention.check_batch_block(self.attention_batch_block, "Qwen2Config.attention_batch_block")
     if not isinstance(self.scan_layers, bool):
       raise ValueError(f"Qwen2Config.scan_layers must be a bool, got {self.scan_layers!r}")
 
@@ -356,8 +360,9 @@ class Attention(nn.Module):
 
     # GQA: the N query heads are grouped over the K kv heads (head n uses kv head n // G,
     # as HF's repeat_kv); scale 1/sqrt(H); softmax in float32.
-    out = attention.dot_product_attention(q, key, value, mask=mask,
-                                          implementation=cfg.attention)  # [B, S, N, H]
+    out = attention.dot_product_attention(
+        q, key, value, mask=mask, implementation=cfg.attention,
+        batch_block=cfg.attention_batch_block)  # [B, S, N, H]
     out = nn.with_logical_constraint(
         out, ("activation_batch", "activation_length", "activation_heads", None))
     out = dense("o_proj", cfg.hidden_size, ("heads", "embed"), False)(

@@ -37,6 +37,9 @@ class WhisperEncoderConfig:
   max_source_positions: int = 1500  # T of a 30 s window (50 frames/s).
   layer_norm_eps: float = 1e-5
   attention: str = "blocked"  # implementation, one of attention.IMPLEMENTATIONS.
+  # "blocked": batch rows per step of its loop over the batch (0 = whole batch, -1 = auto:
+  # a loop on the CPU only, see attention.CPU_TILE_BYTES).
+  attention_batch_block: int = -1
   scan_layers: bool = False  # blocks under nn.scan: params stacked as layers/... [L, ...].
 
   @classmethod
@@ -65,6 +68,8 @@ class WhisperEncoderConfig:
       raise ValueError(f"WhisperEncoderConfig: d_model={self.d_model} is not divisible by "
                        f"encoder_attention_heads={self.encoder_attention_heads}")
     attention.check_implementation(self.attention, "WhisperEncoderConfig.attention")
+    attention.check_batch_block(self.attention_batch_block,
+                                "WhisperEncoderConfig.attention_batch_block")
     if not isinstance(self.scan_layers, bool):
       raise ValueError(f"WhisperEncoderConfig.scan_layers must be a bool, got "
                        f"{self.scan_layers!r}")
@@ -123,8 +128,9 @@ class WhisperAttention(nn.Module):
     q, k, v = (y.reshape(b, t, n, h) for y in (q, k, v))  # [B, T, N, H]
     q = nn.with_logical_constraint(
         q, ("activation_batch", "activation_length", "activation_heads", None))
-    out = attention.dot_product_attention(q, k, v, scale=h ** -0.5,
-                                          implementation=cfg.attention)  # [B, T, N, H]
+    out = attention.dot_product_attention(
+        q, k, v, scale=h ** -0.5, implementation=cfg.attention,
+        batch_block=cfg.attention_batch_block)  # [B, T, N, H]
     out = out.reshape(b, t, d)
     return _dense(d, ("heads", "embed"), "out_proj", **kw)(out)
 
