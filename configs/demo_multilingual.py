@@ -6,6 +6,10 @@ data/demo/test.jsonl.
     python scripts/run_demo.py --config=configs/demo_multilingual.py   # -> runs/demo_multilingual
 
 Same recipe and options as configs/demo.py (method, k, lora, steps, encoder).
+
+Measured (2026-12-02, 2-core CPU, LM stage reused from runs/demo): test WER en 81.42 %,
+de 97.08 %, es 98.72 %, fr 100.00 %, BLEU en->de 7.68 (chrF 23.78). English (2000
+training utterances) and S2TT (300) learn; 60 utterances per other language do not.
 """
 
 from configs import demo
