@@ -122,9 +122,12 @@ class Row:
     return self.reference_ms / self.ours_ms
 
   def to_json(self) -> dict:
-    return {"name": self.name, "ours_ms": round(self.ours_ms, 3),
-            "reference": self.reference, "reference_ms": round(self.reference_ms, 3),
-            "ratio": round(self.ratio, 4),
+    # Significant digits, not decimals: a 0.2 ms row rounded to 3 decimals would move
+    # its ratio by 0.2 %, and ratio must equal reference_ms / ours_ms as written.
+    sig = lambda x, n: float(f"{x:.{n}g}")
+    return {"name": self.name, "ours_ms": sig(self.ours_ms, 6),
+            "reference": self.reference, "reference_ms": sig(self.reference_ms, 6),
+            "ratio": sig(self.ratio, 5),
             "compile_s": None if self.compile_s is None else round(self.compile_s, 2),
             "note": self.note, **self.extra}
 
