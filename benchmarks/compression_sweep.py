@@ -149,13 +149,13 @@ def _plots(rows: list[dict], out_prefix: str) -> list[str]:
 
 def _load_note(rows: list[dict]) -> str:
   """Which rows trained beside other work (load average above the core count)."""
-  cores = os.cpu_count() or 1
+  limit = (os.cpu_count() or 1) + 0.5
   busy = sorted({f"{r['method']} k={r['k']}" for r in rows
-                 if r.get("load_after_train", 0) > cores + 0.5})
+                 if r.get("load_after_train", 0) > limit})
   unknown = sum("load_after_train" not in r for r in rows)
-  note = (f"Rows whose training ended with a load average above {cores + 0.5:g} (other "
+  note = (f"Rows whose training ended with a load average above {limit:g} (other "
           f"processes on the cores; their step ms are inflated): {', '.join(busy)}."
-          if busy else f"No row's training ended with a load average above {cores + 0.5:g}.")
+          if busy else f"No row's training ended with a load average above {limit:g}.")
   if unknown:
     note += f" {unknown} row(s) carry no load record (run before it was recorded)."
   return note

@@ -172,6 +172,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     check_files: also check that the checkpoint folders and manifests exist.
   """
   from lalmjax import compression, sharding  # local: configs import light
+  from lalmjax.models import attention
   from lalmjax.models.lora import LINEAR_LAYERS
 
   c = config
@@ -218,10 +219,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     _fail("model.remat_policy", m.remat_policy, f"expected one of {list(REMAT_POLICIES)}")
   if m.attention not in ATTENTION:
     _fail("model.attention", m.attention, f"expected one of {list(ATTENTION)}")
-  if (isinstance(m.attention_batch_block, bool) or not isinstance(m.attention_batch_block, int)
-      or m.attention_batch_block < -1):
-    _fail("model.attention_batch_block", m.attention_batch_block,
-          "expected an int >= -1 (0 = the whole batch, -1 = auto)")
+  attention.check_batch_block(m.attention_batch_block, "config.model.attention_batch_block")
   if not isinstance(m.scan_layers, bool):
     _fail("model.scan_layers", m.scan_layers, "expected True or False")
   for key in ("encoder_path", "llm_path", "tokenizer_path"):
