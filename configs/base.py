@@ -20,7 +20,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH_AXES = ("data", "fsdp", "tensor")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "save_qkv_proj")
-ATTENTION = ("xla", "headmajor", "blocked")  # = lalmjax.models.attention.IMPLEMENTATIONS
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -217,8 +216,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
       _fail(f"model.{key}", m[key], f"expected one of {list(DTYPES)}")
   if m.remat_policy not in REMAT_POLICIES:
     _fail("model.remat_policy", m.remat_policy, f"expected one of {list(REMAT_POLICIES)}")
-  if m.attention not in ATTENTION:
-    _fail("model.attention", m.attention, f"expected one of {list(ATTENTION)}")
+  attention.check_implementation(m.attention, "config.model.attention")
   attention.check_batch_block(m.attention_batch_block, "config.model.attention_batch_block")
   if not isinstance(m.scan_layers, bool):
     _fail("model.scan_layers", m.scan_layers, "expected True or False")

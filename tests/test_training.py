@@ -118,6 +118,7 @@ def test_paper_config_has_the_paper_shapes():
     ("model.encoder_window_seconds", 0.015, r"config\.model\.encoder_window_seconds"),
     ("model.encoder_window_seconds", 31.0, r"config\.model\.encoder_window_seconds"),
     ("model.attention_batch_block", -2, r"config\.model\.attention_batch_block"),
+    ("model.attention", "flash", r"config\.model\.attention='flash'.*blocked"),
 ])
 def test_config_errors_name_the_key(corpus, key, value, message):
   overrides = {key: value}
