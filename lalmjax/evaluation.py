@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -28,10 +28,17 @@ from lalmjax.data import manifest, pipeline
 log = logging.getLogger(__name__)
 
 
+class Restored(NamedTuple):
+  variables: dict  # the model's variables with the run's trained trees merged in
+  step: int  # the checkpoint's step
+  metadata: dict  # what the checkpoint recorded of its run (trainer.run_metadata)
+
+
 def restore_trained(config, workdir: str, model: experiment.Model, mesh,
-                    step: int | None = None) -> tuple[dict, int]:
+                    step: int | None = None) -> Restored:
   """The run's trained trees (projector, LoRA, new tokens' rows) at `step` (default: the
-  latest), merged into the model's variables; returns (variables, step)."""
+  latest), merged into the model's variables, after checking the checkpoint's run
+  metadata against `config`."""
   from lalmjax import trainer  # local: trainer imports the training stack
 
   ckpt = run_checkpoints.RunCheckpointer(workdir, keep=config.keep_checkpoints,
@@ -55,7 +62,7 @@ def restore_trained(config, workdir: str, model: experiment.Model, mesh,
   init = jax.eval_shape(lambda t: training.init_train_state(t, tx), trainable)
   state, _, _ = ckpt.restore(step, run_checkpoints.abstract_like(init, state_sh))
   ckpt.close()
-  return training.combine(state.trainable, frozen), step
+  return Restored(training.combine(state.trainable, frozen), step, stored)
 
 
 def rate_free_keys(stored: dict, current: dict) -> tuple[str, ...]:
@@ -68,14 +75,10 @@ def rate_free_keys(stored: dict, current: dict) -> tuple[str, ...]:
   return () if "stack" in methods else ("factor", "method", "method_options")
 
 
-def _rate_suffix(config, workdir: str) -> str:
-  """"-<method>-k<factor>" when scoring at a rate other than the run's training config
-  (WORKDIR/config.json), so scores of several rates sit side by side; else ""."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return ""
-  with open(path) as f:
-    trained = json.load(f).get("model", {})
+def _rate_suffix(config, metadata: dict) -> str:
+  """"-<method>-k<factor>" when scoring at a rate other than the one the checkpoint was
+  trained at (its run metadata), so scores of several rates sit side by side; else ""."""
+  trained = metadata.get("config", {}).get("model", {})
   m = config.model
   if (trained.get("method"), trained.get("factor")) == (m.method, m.factor):
     return ""
@@ -126,12 +129,12 @@ def evaluate(config, workdir: str, step: int | None = None,
   mesh = experiment.build_mesh(config)
   model = experiment.build_model(config, workdir, mesh,
                                  load_encoder=not config.data.feature_cache)
-  variables, step = restore_trained(config, workdir, model, mesh, step)
+  variables, step, trained = restore_trained(config, workdir, model, mesh, step)
   module = model.module
   if no_lora:
     module, variables = without_lora(model, variables)
   out_dir = out_dir or os.path.join(
-      workdir, "eval", f"{step}" + _rate_suffix(config, workdir) + ("-nolora" if no_lora else ""))
+      workdir, "eval", f"{step}" + _rate_suffix(config, trained) + ("-nolora" if no_lora else ""))
   os.makedirs(out_dir, exist_ok=True)
 
   paths = [experiment.resolve(p) for p in (manifests or config.data.test_manifests)]

@@ -53,7 +53,7 @@ def transcribe(workdir: str, files, task: str = "asr", source_lang: str = "en",
   config = load_run_config(workdir)
   mesh = experiment.build_mesh(config)
   model = experiment.build_model(config, workdir, mesh)
-  variables, _ = evaluation.restore_trained(config, workdir, model, mesh, step)
+  variables = evaluation.restore_trained(config, workdir, model, mesh, step).variables
   module = model.module
   if no_lora:
     module, variables = evaluation.without_lora(model, variables)

@@ -123,6 +123,19 @@ def test_eval_at_another_rate_scores_into_its_own_folder(run):
   assert scores["llm_audio_tokens_per_second"] == pytest.approx(50 / 3, rel=0.05)
 
 
+def test_rate_suffix_comes_from_the_checkpoint_not_the_last_train_invocation(run):
+  """The folder suffix compares the eval rate with the rate the checkpoint recorded, so a
+  later `train.py` invocation at another k (which rewrites WORKDIR/config.json) does not
+  rename where this checkpoint's scores go."""
+  config, _, _ = run
+  trained_at = lambda method, k: {"config": {"model": {"method": method, "factor": k}}}
+  c = config.copy_and_resolve_references()
+  c.model.method, c.model.factor = "uniavg", 3
+  assert evaluation._rate_suffix(c, trained_at("uniavg", 3)) == ""
+  assert evaluation._rate_suffix(c, trained_at("uniavg", 2)) == "-uniavg-k3"
+  assert evaluation._rate_suffix(c, trained_at("unseg", 3)) == "-uniavg-k3"
+
+
 def test_a_stack_run_refuses_another_rate():
   from lalmjax import run_checkpoints
 

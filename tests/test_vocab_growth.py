@@ -325,7 +325,7 @@ def test_a_run_trains_exports_and_restores_the_grown_model(folders, corpus, tmp_
   assert adapter_config["trainable_token_indices"] == [ROWS, ROWS + 2]
 
   _, _, model = _build(folders, workdir, **overrides)  # as eval.py / transcribe build it
-  variables, step = evaluation.restore_trained(c, workdir, model, mesh)
+  variables, step, _ = evaluation.restore_trained(c, workdir, model, mesh)
   assert step == 2 and model.module.config.llm.vocab_size == GROWN
   trained = np.asarray(variables["params"]["llm"]["new_tokens"]["embedding"])
   start = np.asarray(initial.variables["params"]["llm"]["new_tokens"]["embedding"])
