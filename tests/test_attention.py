@@ -151,6 +151,53 @@ def test_blocked_batch_loop_equals_reference(batch_block, mask_name):
     assert 3 in [e.params["length"] for e in jaxpr.eqns if e.primitive.name == "scan"]
 
 
+def test_live_blocks_skip_what_no_query_sees():
+  """A causal mask's upper triangle is skipped; a query block with a fully masked row
+  runs every key block (that row averages all T values); query padding does not count."""
+  s, t, bq, bk = 30, 32, 8, 8  # S padded to 32: query rows 30, 31 are padding
+  blocks = attention._Blocks(1.0, bq, bk, s, t, t)
+  causal = np.arange(t)[None, :] <= np.arange(t)[:, None]  # [Sp, Tp]
+  causal[s:] = False  # the padding rows `_blocked` adds
+  mask = jnp.asarray(np.broadcast_to(causal, (2, 1, 1, t, t)))
+  live = np.asarray(attention.live_blocks(mask, blocks))
+  np.testing.assert_array_equal(live, np.tril(np.ones((4, 4), bool)))
+  dead_row = np.array(mask)
+  dead_row[1, 0, 0, 9] = False  # batch row 1, query 9 (query block 1) sees nothing
+  live = np.asarray(attention.live_blocks(jnp.asarray(dead_row), blocks))
+  expected = np.tril(np.ones((4, 4), bool))
+  expected[1] = True
+  np.testing.assert_array_equal(live, expected)
+  assert attention.live_blocks(None, blocks) is None
+
+
+@pytest.mark.parametrize("batch_block", [0, 1])
+def test_blocked_never_touches_keys_no_query_sees(batch_block):
+  """Keys masked for every query hold NaN: the blocks that hold only such keys are
+  skipped (forward and backward), so values and gradients stay finite and equal the
+  reference on the same inputs with those keys zeroed."""
+  q, k, v = inputs()
+  mask = np.broadcast_to(MASKS["padding_and_causal"], (B, 1, S, T)).copy()
+  mask[1, 0, 3, :] = True  # no fully masked row (it would need every key block)
+  mask[..., 28:] = False  # key blocks 2 and 3 (of 14 keys each: keys 28..52) seen by none
+  poison = (jnp.arange(T) >= 28)[None, :, None, None]
+  k_nan, v_nan = jnp.where(poison, jnp.nan, k), jnp.where(poison, jnp.nan, v)
+  k0, v0 = jnp.where(poison, 0.0, k), jnp.where(poison, 0.0, v)
+  f = lambda q, k, v: attention.dot_product_attention(
+      q, k, v, mask=mask, implementation="blocked", batch_block=batch_block, **BLOCKS)
+  out = jax.jit(f)(q, k_nan, v_nan)
+  assert np.isfinite(np.asarray(out)).all()
+  assert rel(out, reference(q, k0, v0, mask)) <= REL_TOL
+  w = jnp.asarray(np.random.default_rng(4).standard_normal(q.shape), jnp.float32)
+  grads = jax.jit(jax.grad(lambda *a: (f(*a) * w).sum(), argnums=(0, 1, 2)))(q, k_nan, v_nan)
+  ref = jax.grad(lambda *a: (reference(*a, mask) * w).sum(), argnums=(0, 1, 2))(q, k0, v0)
+  for name, a, b in zip("qkv", grads, ref):
+    a = np.asarray(a)
+    if name != "q":
+      assert np.isfinite(a[:, :28]).all() and rel(a[:, :28], b[:, :28]) <= REL_TOL, name
+    else:
+      assert np.isfinite(a).all() and rel(a, b) <= REL_TOL, name
+
+
 def test_batch_rows_auto_loops_on_the_cpu_only(monkeypatch):
   mib = 1 << 20
   budget = attention.CPU_TILE_BYTES // mib
