@@ -32,13 +32,17 @@ Theoretical LLM FLOPs of a step, for the FLOP ratio (forward; train = 3 x forwar
 
     S = ceil(1500 / k) + text tokens                      (positions per row)
     P = L * (D*N*H + 2*D*K*H + N*H*D + 3*D*F) + D*V       (matmul weights used per token)
-    forward = B * (2 * P * S + 4 * S^2 * N*H * L)         (linear + attention: QK^T, PV)
+    A = S * (S + 1) / 2                                   (causal: query-key pairs seen)
+    forward = B * (2 * P * S + 4 * A * N*H * L)           (linear + attention: QK^T, PV)
 
 The train step does not run 3 x forward: the frozen weights get no weight gradient, so a
 linear layer costs its forward plus the input gradient (2 x), while attention's backward
-is twice its forward (dQ, dK, dV, dP: 3 x in all). The MFU counts these executed FLOPs,
+is twice its forward (dQ, dK, dV, dP: 3 x in all). And attention computes whole blocks:
+"blocked" runs the (query block, key block) pairs the causal mask leaves live
+(`attention.live_blocks`: the diagonal blocks in full), xla and headmajor all S^2 pairs;
+A_run counts those. The MFU counts these executed FLOPs,
 
-    executed = B * (2 * 2 * P * S + 3 * 4 * S^2 * N*H * L)
+    executed = B * (2 * 2 * P * S + 3 * 4 * A_run * N*H * L)
 
 (the projector and LoRA, under 1% here, left out). XLA's own count,
 `compiled.cost_analysis()["flops"]`, is printed beside it but not used: it counts the
@@ -494,6 +498,24 @@ def qwen2_rows(args, env: Env, sizes, repeats: int, batch: int, prompt: int, new
 # The LALM train step at several compression factors.
 
 
+def attention_pairs_run(cfg, seq: int) -> int:
+  """A_run: the query-key pairs a causal attention over `seq` positions computes, per row
+  and head (the docstring's formulas): the live blocks' pairs for "blocked" (a library
+  without `live_blocks` computes them all), S^2 otherwise."""
+  from lalmjax.models import attention
+
+  if getattr(cfg, "attention", "xla") != "blocked" or not hasattr(attention, "live_blocks"):
+    return seq * seq
+  bq = attention._even_block(seq, attention.DEFAULT_BLOCK_Q)
+  bk = attention._even_block(seq, attention.DEFAULT_BLOCK_K)
+  sp, tp = -(-seq // bq) * bq, -(-seq // bk) * bk
+  causal = np.zeros((sp, tp), bool)
+  causal[:seq, :seq] = np.tril(np.ones((seq, seq), bool))
+  blocks = attention._Blocks(1.0, bq, bk, seq, seq, tp)
+  live = attention.live_blocks(causal[None, None, None], blocks)
+  return int(np.asarray(live).sum()) * bq * bk
+
+
 def llm_flops(cfg, seq: int, batch: int) -> dict[str, float]:
   """The module docstring's formulas: the LLM's forward FLOPs, the 3x train count (for the
   FLOP ratio) and the executed count (for the MFU)."""
@@ -502,9 +524,10 @@ def llm_flops(cfg, seq: int, batch: int) -> dict[str, float]:
                                         3 * d * cfg.intermediate_size)
                + d * cfg.vocab_size)
   linear = 2.0 * per_token * seq
-  attention = 4.0 * seq ** 2 * n * h * cfg.num_hidden_layers
+  per_pair = 4.0 * n * h * cfg.num_hidden_layers
+  attention = per_pair * seq * (seq + 1) / 2
+  executed = batch * (2 * linear + 3 * per_pair * attention_pairs_run(cfg, seq))
   forward = batch * (linear + attention)
-  executed = batch * (2 * linear + 3 * attention)
   return {"forward": forward, "train": 3 * forward, "executed": executed}
 
 
