@@ -168,6 +168,18 @@ def test_live_blocks_skip_what_no_query_sees():
   expected[1] = True
   np.testing.assert_array_equal(live, expected)
   assert attention.live_blocks(None, blocks) is None
+  # The loops' spans: key blocks per query block, query blocks per key block.
+  first, last = attention.live_span(jnp.asarray(expected), 1, 4)
+  np.testing.assert_array_equal(first, [0, 0, 0, 0])
+  np.testing.assert_array_equal(last, [1, 4, 3, 4])
+  first, last = attention.live_span(jnp.asarray(expected), 0, 4)
+  np.testing.assert_array_equal(first, [0, 1, 1, 1])
+  np.testing.assert_array_equal(last, [4, 4, 4, 4])
+  hidden = np.zeros((2, 3), bool)
+  hidden[1, 1] = True
+  first, last = attention.live_span(jnp.asarray(hidden), 0, 2)  # key blocks 0, 2: none
+  assert list(np.asarray(last - first).clip(0)) == [0, 1, 0]
+  assert attention.live_span(None, 1, 4) == (0, 4)
 
 
 @pytest.mark.parametrize("batch_block", [0, 1])
