@@ -38,9 +38,9 @@ Theoretical LLM FLOPs of a step, for the FLOP ratio (forward; train = 3 x forwar
 The train step does not run 3 x forward: the frozen weights get no weight gradient, so a
 linear layer costs its forward plus the input gradient (2 x), while attention's backward
 is twice its forward (dQ, dK, dV, dP: 3 x in all). And attention computes whole blocks:
-"blocked" runs the (query block, key block) pairs the causal mask leaves live
-(`attention.live_blocks`: the diagonal blocks in full), xla and headmajor all S^2 pairs;
-A_run counts those. The MFU counts these executed FLOPs,
+"blocked" runs each query block against the span of key blocks the causal mask leaves
+live (`attention.live_span`: up to the diagonal block, in full), xla and headmajor all
+S^2 pairs; A_run counts those. The MFU counts these executed FLOPs,
 
     executed = B * (2 * 2 * P * S + 3 * 4 * A_run * N*H * L)
 
@@ -501,10 +501,10 @@ def qwen2_rows(args, env: Env, sizes, repeats: int, batch: int, prompt: int, new
 def attention_pairs_run(cfg, seq: int) -> int:
   """A_run: the query-key pairs a causal attention over `seq` positions computes, per row
   and head (the docstring's formulas): the live blocks' pairs for "blocked" (a library
-  without `live_blocks` computes them all), S^2 otherwise."""
+  without `live_span` computes them all), S^2 otherwise."""
   from lalmjax.models import attention
 
-  if getattr(cfg, "attention", "xla") != "blocked" or not hasattr(attention, "live_blocks"):
+  if getattr(cfg, "attention", "xla") != "blocked" or not hasattr(attention, "live_span"):
     return seq * seq
   bq = attention._even_block(seq, attention.DEFAULT_BLOCK_Q)
   bk = attention._even_block(seq, attention.DEFAULT_BLOCK_K)
@@ -512,8 +512,9 @@ def attention_pairs_run(cfg, seq: int) -> int:
   causal = np.zeros((sp, tp), bool)
   causal[:seq, :seq] = np.tril(np.ones((seq, seq), bool))
   blocks = attention._Blocks(1.0, bq, bk, seq, seq, tp)
-  live = attention.live_blocks(causal[None, None, None], blocks)
-  return int(np.asarray(live).sum()) * bq * bk
+  first, last = attention.live_span(attention.live_blocks(causal[None, None, None], blocks),
+                                    1, tp // bk)
+  return int(np.asarray(last - first).sum()) * bq * bk
 
 
 def llm_flops(cfg, seq: int, batch: int) -> dict[str, float]:
