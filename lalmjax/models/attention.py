@@ -27,10 +27,10 @@ Measured on the 2-core CPU (shared with other jobs; CPU ms per call, forward / f
 backward): Qwen2-7B's attention (S=T=600, N=28, K=4, H=128, causal): xla 160 / 367,
 headmajor 130 / 460, blocked 106 / 377. whisper-tiny's (T=1500, N=6, H=64): xla 148,
 headmajor 98, blocked 50 (benchmarks/encoder_speed.py for the whole encoder).
-Skipping the causal mask's dead blocks, side by side in one run (load 6 from other
-jobs), blocked without / with the skip: the Qwen2-7B shape 139 -> 112 ms forward,
-367 -> 314 fwd + bwd (2 x 2 blocks, 3 live); B=2, S=T=1532, N=12, K=2, H=64: 310 -> 244,
-1138 -> 858 (3 x 3 blocks, 6 live).
+Skipping the causal mask's hidden blocks, side by side in one run (load ~5 from other
+jobs), blocked without / with the skip: the Qwen2-7B shape 125 -> 99 ms forward,
+371 -> 255 fwd + bwd (2 x 2 blocks, 3 live); B=2, S=T=1532, N=12, K=2, H=64: 308 -> 232,
+1262 -> 859 (3 x 3 blocks, 6 live).
 
 All three agree on masked keys: a masked score becomes ``-0.7 * finfo(float32).max``
 (jax's constant), not -inf, so a query row whose keys are all masked gets the mean of
