@@ -511,18 +511,41 @@ def plan_one(run: Runner, topology: str, step: str, k: int, mesh, spare: float,
   predicted = max(int((limit - intercept) // slope), 0) if slope > 0 else 0
   result.update(intercept_gib=round(intercept, 3), slope_gib=round(slope, 4),
                 overhead_gib=round(overhead, 3), predicted_batch=predicted)
-  chosen = None
-  for b in (predicted, predicted - 1):
-    if b < 1:
+  result["chosen"] = _verify(run, point, predicted, measured, limit, spare)
+  return result
+
+
+def _verify(run, point, predicted, measured, limit, spare, rounds=5):
+  """Compiles batches until the largest with `spare` GiB left is pinned down: the first
+  try is the line's prediction, each next one the secant through the two compiles whose
+  temporaries are nearest the limit (the anchors' slope can be off by a few percent,
+  several rows at a 50-row batch), kept strictly between the largest batch that left
+  `spare` and the smallest that did not. At most `rounds` compiles; returns the largest
+  verified record, or None. `measured` (batch -> temporaries GiB) gains every compile.
+  """
+  lo, hi, best, b = 0, None, None, predicted
+  for _ in range(rounds):
+    b = max(b, lo + 1) if hi is None else min(max(b, lo + 1), hi - 1)
+    if b < 1 or (hi is not None and b <= lo):
       break
     r = run.get(point(b))
     if r is None:
       break
+    if r.get("temp_gib") is not None:
+      measured[b] = r["temp_gib"]
     if r["fits"] and r["spare_gib"] >= spare:
-      chosen = r
+      lo, best = b, r
+    else:
+      hi = b
+    if hi is not None and hi == lo + 1:
       break
-  result["chosen"] = chosen
-  return result
+    near = sorted(measured.items(), key=lambda bv: abs(bv[1] - limit))[:2]
+    (b1, v1), (b2, v2) = sorted(near) if len(near) == 2 else (near[0], near[0])
+    if b2 > b1 and v2 > v1:
+      b = b1 + int((limit - v1) // ((v2 - v1) / (b2 - b1)))
+    else:  # no usable secant: bisect, or step up from an unbounded success
+      b = lo + 1 if hi is None else (lo + hi) // 2
+  return best
 
 
 def slope_model(ends: list[tuple[int, float]]):
