@@ -39,11 +39,14 @@ While others edit the tree, compile a snapshot of a commit instead (`--src`):
 lists what is live at its peak (the compiler's refusal names only the total).
 
 Each compile of the 7B step takes minutes on a small CPU host, so the plan does not
-search: for each topology and step it compiles the anchor batches (`ANCHORS`), fits
-per-chip memory as linear in the batch (temporaries grow with the activations, the
+scan batches: for each topology and step it compiles the anchor batches (`ANCHORS`),
+fits per-chip memory as linear in the batch (temporaries grow with the activations, the
 arguments with the weights' shards), predicts the largest batch that leaves
-`--spare_gib` free, and verifies that batch with one compile (stepping down once on a
-miss). Results are cached in `benchmarks/results/scale_plan_cache.json`, keyed by
+`--spare_gib` free, and verifies it, bracketing the answer with a few more compiles when
+the line was off (`_verify`: a secant through the compiles nearest the limit, at most
+five compiles). The compiler's memory is not always monotonic in the batch (a layout
+choice can cost 1-3 GiB at one batch and not the next), so the answer is the largest
+batch verified, not a proof that none above fits. Results are cached in `benchmarks/results/scale_plan_cache.json`, keyed by
 every setting and the library's commit, so a re-run compiles only what is new;
 `--no_compile` reports from the cache alone. Writes `benchmarks/results/scale_plan.md`
 and, with `--json`, the records.
