@@ -46,8 +46,9 @@ arguments with the weights' shards), predicts the largest batch that leaves
 the line was off (`_verify`: a secant through the compiles nearest the limit, at most
 five compiles). The compiler's memory is not always monotonic in the batch (a layout
 choice can cost 1-3 GiB at one batch and not the next), so the answer is the largest
-batch verified, not a proof that none above fits. Results are cached in `benchmarks/results/scale_plan_cache.json`, keyed by
-every setting and the library's commit, so a re-run compiles only what is new;
+batch verified, not a proof that none above fits. Results are cached in
+`benchmarks/results/scale_plan_cache.json`, keyed by every setting and the library's
+commit, so a re-run compiles only what is new;
 `--no_compile` reports from the cache alone. Writes `benchmarks/results/scale_plan.md`
 and, with `--json`, the records.
 """
@@ -647,9 +648,10 @@ def write_report(path: str, plans: list[dict], cache: dict[str, dict], command: 
   lines += [_row(best[key]) for key in sorted(best)]
   lines.append("")
   if any("slope_gib" in p for p in plans):
-    lines += ["## Plan", "", "Fits (temporaries linear in the per-chip batch, from the anchors, "
-              "before verification):", "",
-              "| topology | step | k | anchors (batch, temp GiB) | temp GiB at 0 | "
+    lines += ["## Plan", "", "Fits (temporaries linear in the per-chip batch) through every "
+              "compile of the setting in the cache when the plan ran: the anchors, and on a "
+              "re-run the earlier verifications too:", "",
+              "| topology | step | k | compiles fitted (batch, temp GiB) | temp GiB at 0 | "
               "temp GiB per row | args+out GiB | predicted | verified |",
               "|---|---|---|---|---|---|---|---|---|"]
     for p in plans:

@@ -43,14 +43,14 @@ def largest_fitting(run):
   return next(b for b in range(1, 500) if run.temp(b + 1) + ARGS > HBM - SPARE)
 
 
-@pytest.mark.parametrize("a,s,c,anchors", [
-    (1.0, 0.22, 0.0, (4, 8)),  # linear: the anchors predict it
-    (2.0, 0.15, 0.0012, (4, 8)),  # convex: the anchors' line overshoots (as k=6 did)
-    (2.5, 0.30, -0.0015, (4, 8)),  # concave: the line undershoots
+@pytest.mark.parametrize("a,s,c", [
+    (1.0, 0.22, 0.0),  # linear: the anchors predict it
+    (2.0, 0.15, 0.0012),  # convex: the anchors' line overshoots (as k=6 did)
+    (2.5, 0.30, -0.0015),  # concave: the line undershoots
 ])
-def test_verify_finds_the_largest_batch_with_spare(a, s, c, anchors):
+def test_verify_finds_the_largest_batch_with_spare(a, s, c):
   run = FakeRunner(a, s, c)
-  measured = {b: run.temp(b) for b in anchors}
+  measured = {b: run.temp(b) for b in scale_plan.ANCHORS["train"]}
   intercept, slope = scale_plan.fit_line(sorted(measured.items()))
   limit = HBM - SPARE - ARGS
   predicted = int((limit - intercept) // slope)
